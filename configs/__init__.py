@@ -1,0 +1,1 @@
+"""Hydra configs shipped with router-rl (the top-level configs/ folder)."""

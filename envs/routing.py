@@ -1,0 +1,346 @@
+"""The routing environment: a one-step contextual bandit over a routing dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from router_rl.envs.latency import fill_latency_priors, fill_output_tokens, sample_latency
+
+from router_rl.reward import default_cost_scale, reward
+from router_rl.types import RoutingData
+
+INFO_KEYS = ("prompt_index", "model", "quality", "cost_usd", "cost", "latency_s")
+"""The keys of the ``info`` returned by :meth:`RoutingEnv.step`: the chosen model's outcome only."""
+
+
+class RoutingEnv(gym.Env[np.ndarray, np.int64]):
+    """Route one prompt to one model of the catalog and observe only that model's outcome.
+
+    ## Description
+
+    A one-step contextual bandit over a routing dataset (:class:`router_rl.types.RoutingData`). Each episode
+    draws one prompt; the observation is the prompt's sentence embedding; the action picks a model; the
+    reward is that model's recorded judge quality minus its weighted, scaled cost minus its weighted latency.
+    Only the chosen model's outcome is revealed (bandit feedback), never the rest of the dataset row.
+
+    Quality and cost are the recorded values. Latency is the measured ``latency_s`` where the data has one
+    for the (prompt, model) pair, and is otherwise sampled from the catalog's latency priors with
+    :func:`router_rl.envs.latency.sample_latency`; those priors are assumptions, not measurements.
+
+    ## Action Space
+
+    ``Discrete(K)``: the index of a model in ``env.models`` (the dataset's model order).
+
+    ## Observation Space
+
+    ``Box(-1, 1, (d,), float32)``: the prompt's L2-normalised sentence embedding (clipped to [-1, 1]).
+
+    ## Rewards
+
+    ``quality - cost_weight * cost_usd / cost_scale - latency_weight * latency_s``, computed by
+    :func:`router_rl.reward.reward`. ``info`` carries the components of the chosen model only:
+    ``prompt_index`` (row of the dataset), ``model`` (name), ``quality``, ``cost_usd``, ``cost``
+    (``cost_usd / cost_scale``) and ``latency_s``. ``reset`` returns ``info = {"prompt_index": row}``.
+    Nothing in ``info`` depends on the wall clock, so two runs with the same seed give the same infos.
+
+    ## Episode End
+
+    Every episode is one step: ``step`` returns ``terminated=True, truncated=False`` and the prompt's
+    observation again. Stepping again without ``reset`` raises ``RuntimeError``. Vectorise with
+    :func:`make_vector_env` (``AutoresetMode.SAME_STEP``).
+
+    ## Arguments
+
+    - ``data``: the routing dataset.
+    - ``embeddings``: (N, d) float32 sentence embeddings, one row per prompt of ``data``.
+    - ``rows``: prompt row indices (or an (N,) boolean mask) this env samples from; default every complete
+      row (``data.complete_rows()``). Rows with a missing quality or cost raise ``ValueError``.
+    - ``cost_weight``: weight of the scaled cost in the reward, >= 0.
+    - ``cost_scale``: dollars per unit of cost; ``None`` uses
+      :func:`router_rl.reward.default_cost_scale` of ``data.cost_usd[rows]``.
+    - ``latency_weight``: weight of latency (per second) in the reward, >= 0.
+    - ``latency_sigma``: log-normal noise of sampled latencies (median 1), >= 0.
+    - ``shuffle``: ``True`` draws each prompt uniformly from ``rows`` with ``np_random``; ``False`` cycles
+      through ``rows`` in order (evaluation), restarting at the first row whenever ``reset`` gets a seed.
+
+    ``reset(options={"row": i})`` forces prompt row ``i`` (which must be one of ``rows``).
+
+    ```python
+    import gymnasium as gym
+    import router_rl.envs  # registers router_rl/Routing-v0
+
+    env = gym.make("router_rl/Routing-v0", data=data, embeddings=embeddings, cost_weight=0.5)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    ```
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        *,
+        data: RoutingData,
+        embeddings: np.ndarray,
+        rows: np.ndarray | None = None,
+        cost_weight: float = 0.0,
+        cost_scale: float | None = None,
+        latency_weight: float = 0.0,
+        latency_sigma: float = 0.25,
+        shuffle: bool = True,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"RoutingEnv does not render; got render_mode={render_mode!r}, expected None")
+        self.render_mode = None
+        for name, value in (
+            ("cost_weight", cost_weight),
+            ("latency_weight", latency_weight),
+            ("latency_sigma", latency_sigma),
+        ):
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+        self._data = data
+        self._rows = _check_rows(data, rows)
+        self._row_set = frozenset(self._rows.tolist())
+        self._embeddings = _check_embeddings(embeddings, data, self._rows)
+        self._models = tuple(data.models)
+        self._cost_weight = float(cost_weight)
+        self._latency_weight = float(latency_weight)
+        self._latency_sigma = float(latency_sigma)
+        self._shuffle = bool(shuffle)
+
+        if cost_scale is None:
+            cost_scale = default_cost_scale(data.cost_usd[self._rows])
+        elif not (np.isfinite(cost_scale) and cost_scale > 0):
+            raise ValueError(f"cost_scale must be a finite number > 0, got {cost_scale!r}")
+        self._cost_scale = float(cost_scale)
+
+        catalog = data.catalog
+        if tuple(catalog.models) != self._models:
+            missing = sorted(set(self._models) - set(catalog.models))
+            if missing:
+                raise ValueError(f"data.catalog has no entry for the dataset's models {missing}")
+            catalog = catalog.subset(self._models)
+        self._ttft_s, self._tokens_per_s = fill_latency_priors(catalog.ttft_s, catalog.output_tokens_per_s)
+        self._output_tokens = fill_output_tokens(data.output_tokens)
+
+        self.action_space = spaces.Discrete(len(self._models))
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(self._embeddings.shape[1],), dtype=np.float32)
+
+        self._cursor = 0
+        self._row: int | None = None
+        self._done = False
+
+    # ------------------------------------------------------------------ read-only views
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Model names; action ``a`` routes to ``models[a]``."""
+        return self._models
+
+    @property
+    def cost_scale(self) -> float:
+        """Dollars per unit of cost in the reward."""
+        return self._cost_scale
+
+    @property
+    def cost_weight(self) -> float:
+        return self._cost_weight
+
+    @property
+    def latency_weight(self) -> float:
+        return self._latency_weight
+
+    @property
+    def n_prompts(self) -> int:
+        """How many prompt rows this env samples from (``len(rows)``)."""
+        return len(self._rows)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """(n_prompts,) the dataset row indices this env samples from (a copy)."""
+        return self._rows.copy()
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._cursor = 0
+        options = options or {}
+        unknown = set(options) - {"row"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; RoutingEnv.reset accepts only 'row'")
+        if "row" in options:
+            row = options["row"]
+            if (
+                isinstance(row, bool)
+                or not isinstance(row, (int, np.integer))
+                or int(row) not in self._row_set
+            ):
+                raise ValueError(f"options['row'] must be one of this env's prompt rows, got {row!r}")
+            row = int(row)
+        elif self._shuffle:
+            row = int(self._rows[self.np_random.integers(len(self._rows))])
+        else:
+            row = int(self._rows[self._cursor % len(self._rows)])
+            self._cursor += 1
+        self._row = row
+        self._done = False
+        return self._embeddings[row].copy(), {"prompt_index": row}
+
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._row is None:
+            raise RuntimeError("RoutingEnv.step() called before reset(); call reset() to draw a prompt first")
+        if self._done:
+            raise RuntimeError(
+                "RoutingEnv.step() called on a finished episode (every episode is one step); call reset() first"
+            )
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"invalid action {action!r}: expected an integer in [0, {len(self._models)}) "
+                f"indexing the models {list(self._models)}"
+            )
+        a, row = int(action), self._row
+        quality = float(self._data.quality[row, a])
+        cost_usd = float(self._data.cost_usd[row, a])
+        latency_s = float(self._data.latency_s[row, a])
+        if not np.isfinite(latency_s):
+            latency_s = float(
+                sample_latency(
+                    self.np_random,
+                    self._ttft_s[a],
+                    self._tokens_per_s[a],
+                    self._output_tokens[row, a],
+                    self._latency_sigma,
+                )
+            )
+        r = float(
+            reward(
+                quality,
+                cost_usd,
+                latency_s,
+                cost_weight=self._cost_weight,
+                cost_scale=self._cost_scale,
+                latency_weight=self._latency_weight,
+            )
+        )
+        self._done = True
+        info = {
+            "prompt_index": row,
+            "model": self._models[a],
+            "quality": quality,
+            "cost_usd": cost_usd,
+            "cost": cost_usd / self._cost_scale,
+            "latency_s": latency_s,
+        }
+        return self._embeddings[row].copy(), r, True, False, info
+
+
+def make_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` :class:`RoutingEnv` copies in a ``SyncVectorEnv`` with ``AutoresetMode.SAME_STEP``.
+
+    Every step ends every sub-episode, so with ``SAME_STEP`` each sub-env is reset inside the same ``step``
+    call: the returned observations are the NEXT prompts, and the outcome of the step lives in
+    ``infos["final_info"]``, a dict of (num_envs,) arrays (``quality``, ``cost_usd``, ``cost``, ``latency_s``
+    float64, ``prompt_index`` int64, ``model`` object) with their ``_key`` masks; ``infos["final_obs"]`` holds
+    the observations the actions were taken on and ``infos["prompt_index"]`` the next prompts' rows.
+    :func:`step_outcomes` extracts the outcome arrays.
+
+    ``vec_env.reset(seed=s)`` seeds sub-env ``i`` with ``s + i`` (Gymnasium's rule), so the sub-envs draw
+    different prompts. The dataset and embeddings are shared, not copied. With ``shuffle=False`` every
+    sub-env cycles through the same ``rows``; for evaluation give each its own rows or use a single env.
+
+    Args:
+        num_envs: number of sub-environments, >= 1.
+        **kwargs: :class:`RoutingEnv` arguments, shared by every sub-env.
+    """
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    if "embeddings" in kwargs:
+        # Convert once so the sub-envs share one read-only array instead of each holding a copy.
+        kwargs["embeddings"] = _as_observations(kwargs["embeddings"])
+    return gym.vector.SyncVectorEnv(
+        [lambda: RoutingEnv(**kwargs) for _ in range(int(num_envs))],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def step_outcomes(infos: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The chosen models' outcomes from the ``infos`` of a :func:`make_vector_env` step.
+
+    Returns:
+        ``{key: (num_envs,) array}`` for every key of :data:`INFO_KEYS`.
+    """
+    final = infos.get("final_info")
+    if final is None or not np.all(infos.get("_final_info", False)):
+        raise ValueError(
+            "infos has no final_info for every sub-env; expected the infos of a SAME_STEP vector env step"
+        )
+    return {key: final[key] for key in INFO_KEYS}
+
+
+# ---------------------------------------------------------------------- argument checks
+def _check_rows(data: RoutingData, rows: np.ndarray | None) -> np.ndarray:
+    n = data.n_prompts
+    complete = data.complete_rows()
+    if rows is None:
+        idx = np.flatnonzero(complete)
+        if idx.size == 0:
+            raise ValueError(f"dataset {data.name!r} has no prompt with a quality and cost for every model")
+        return idx
+    arr = np.asarray(rows)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"a boolean rows mask must have shape ({n},), got {arr.shape}")
+        arr = np.flatnonzero(arr)
+    elif arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(
+            f"rows must be a 1-D array of integer row indices, got dtype {arr.dtype}, shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError("rows is empty; the env needs at least one prompt row")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= n:
+        raise ValueError(
+            f"rows must index the dataset's {n} prompts, got values in [{arr.min()}, {arr.max()}]"
+        )
+    bad = arr[~complete[arr]]
+    if bad.size:
+        raise ValueError(
+            f"{bad.size} of the {arr.size} rows have a missing quality or cost for some model "
+            f"(first: row {bad[0]}, prompt_id {data.prompt_ids[bad[0]]!r}); "
+            "pass only complete rows, e.g. rows=np.flatnonzero(data.complete_rows())"
+        )
+    return arr
+
+
+def _as_observations(embeddings: np.ndarray) -> np.ndarray:
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D (prompts, dim) array, got shape {emb.shape}")
+    if ((emb < -1.0) | (emb > 1.0)).any():
+        emb = np.clip(emb, -1.0, 1.0)
+    emb = emb.view()
+    emb.flags.writeable = False
+    return emb
+
+
+def _check_embeddings(embeddings: np.ndarray, data: RoutingData, rows: np.ndarray) -> np.ndarray:
+    emb = _as_observations(embeddings)
+    if emb.shape[0] != data.n_prompts:
+        raise ValueError(f"embeddings has {emb.shape[0]} rows, expected one per prompt ({data.n_prompts})")
+    if emb.shape[1] < 1:
+        raise ValueError("embeddings has dimension 0")
+    if not np.isfinite(emb[rows]).all():
+        raise ValueError("embeddings of the env's rows must be finite (found NaN or inf)")
+    return emb

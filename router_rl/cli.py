@@ -1,0 +1,141 @@
+"""The ``router-rl`` command: ``router-rl <command> [hydra overrides | options]``.
+
+``train`` is a Hydra application (``--help``, ``--cfg job``, ``-m`` sweeps); ``route`` and ``export`` are small
+argparse commands. User mistakes (bad data, a bad artifact, a bad option) end with a one-line error and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+CONFIG_MODULE = "pkg://router_rl.configs"
+USAGE = """usage: router-rl <command> [args]
+
+commands:
+  train    train a router from bandit feedback in the simulator, evaluate, log to MLflow, export
+           (Hydra: router-rl train --help, --cfg job, -m key=a,b)
+  export   write the serving artifact from an MLflow run or a checkpoint
+  route    print one routing decision of an exported artifact for a prompt
+
+run `router-rl <command> --help` for a command's options."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from router_rl.export import ExportError
+    from router_rl.serve.artifact import ArtifactError
+    from router_rl.types import DataError
+
+    return (DataError, ArtifactError, ExportError, FileNotFoundError)
+
+
+def _fail(err: BaseException) -> int:
+    print(f"router-rl: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    errors = _user_errors()
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name=config_name)
+    def _main(cfg: DictConfig) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from router_rl.training import train
+
+        try:
+            report = train(cfg, HydraConfig.get().runtime.output_dir)
+        except errors as err:
+            sys.exit(_fail(err))
+        # the objective a Hydra sweeper would maximise: the trained policy's AIQ
+        return report["policies"][report["policy"]]["aiq"]
+
+    saved = sys.argv
+    sys.argv = [f"router-rl {name}", *args]
+    try:
+        _main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _route(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="router-rl route", description="One routing decision, printed.")
+    parser.add_argument("artifact", help="exported artifact directory (manifest.json + weights.safetensors)")
+    parser.add_argument("prompt", help="the prompt to route")
+    parser.add_argument("--cost-weight", type=float, default=None, help="trade-off; default: the artifact's")
+    parser.add_argument("--candidates", nargs="+", default=None, help="restrict the choice to these models")
+    parser.add_argument("--max-cost-usd", type=float, default=None, help="exclude models predicted to cost more")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print the full decision as JSON")
+    opts = parser.parse_args(args)
+    from router_rl.serve.router import Router
+
+    try:
+        router = Router(opts.artifact, device=opts.device)
+        decision = router.decide(
+            [opts.prompt], cost_weight=opts.cost_weight, candidates=opts.candidates, max_cost_usd=opts.max_cost_usd
+        )[0]
+    except (*_user_errors(), ValueError) as err:
+        return _fail(err)
+    if opts.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+        return 0
+    print(f"model: {decision.model}   (policy {decision.policy_version}, propensity {decision.propensity:.2f})")
+    ranked = sorted(decision.scores.items(), key=lambda kv: -float("inf") if kv[1] is None else -kv[1])
+    print(f"{'model':<40}{'score':>9}{'quality':>9}{'cost_usd':>11}")
+    for model, score in ranked:
+        est = decision.estimates[model]
+        shown = "excluded" if score is None else f"{score:9.4f}"
+        print(f"{model:<40}{shown:>9}{est['quality']:9.3f}{est['cost_usd']:11.5f}")
+    return 0
+
+
+def _export(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="router-rl export", description="Write the serving artifact.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-id", help="MLflow run whose logged checkpoint to export")
+    source.add_argument("--checkpoint", help="checkpoint directory written by `router-rl train`")
+    parser.add_argument("--out", required=True, help="artifact directory to write (replaced if present)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    opts = parser.parse_args(args)
+    import os
+
+    from router_rl.export import export_checkpoint, export_run
+
+    try:
+        if opts.checkpoint:
+            out = export_checkpoint(opts.checkpoint, opts.out)
+        else:
+            uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+            out = export_run(opts.run_id, opts.out, tracking_uri=uri)
+    except _user_errors() as err:
+        return _fail(err)
+    print(f"artifact written to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return _hydra_command("train", "train", rest)
+    if command == "route":
+        return _route(rest)
+    if command == "export":
+        return _export(rest)
+    print(f"router-rl: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Bundled routing datasets; see ATTRIBUTION.md."""

@@ -1,0 +1,119 @@
+"""Evaluation: cost-quality points over a sweep of cost weights, AIQ, headline costs, and the report.
+
+The chain is: per prompt, every router's action probabilities at each cost weight (from the test folds) ->
+:func:`frontier` turns them into cost-quality points with the full outcome table -> :func:`build_report`
+adds the single models, the oracle, the zero router and AIQ against the largest cost in the comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router_rl import metrics
+from router_rl.types import RoutingData
+
+
+def frontier(
+    probs_by_weight: dict[float, np.ndarray], quality: np.ndarray, cost_usd: np.ndarray
+) -> list[dict[str, float]]:
+    """Cost-quality points of one router, one per cost weight.
+
+    Args:
+        probs_by_weight: cost weight -> (N, K) action probabilities on the evaluated prompts.
+        quality, cost_usd: (N, K) recorded outcomes of the same prompts.
+    Returns:
+        ``[{"cost_weight", "quality", "cost_usd"}]`` sorted by cost weight (means per prompt).
+    """
+    points = []
+    for w in sorted(probs_by_weight):
+        cost, qual = metrics.cost_quality_point(probs_by_weight[w], quality, cost_usd)
+        points.append({"cost_weight": float(w), "quality": float(qual), "cost_usd": float(cost)})
+    return points
+
+
+def build_report(
+    data: RoutingData,
+    rows: np.ndarray,
+    routers: dict[str, dict[float, np.ndarray]],
+    *,
+    scheme: str,
+    split: str,
+    cost_scale: float,
+    oracle_probs: dict[float, np.ndarray] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``report.json`` contents for routers evaluated on ``rows`` of ``data``.
+
+    Args:
+        data: the dataset.
+        rows: (N,) the evaluated prompt rows, in the order of every probability matrix.
+        routers: router name -> cost weight -> (N, K) probabilities.
+        scheme: how test predictions were produced (``kfold-5``, ``holdout``...).
+        split: which split the figures are on.
+        cost_scale: dollars per unit of cost weight.
+        oracle_probs: cost weight -> (N, K) oracle choices, for the oracle's own frontier.
+    """
+    quality, cost = data.quality[rows], data.cost_usd[rows]
+    single_costs, single_quals = metrics.single_model_points(quality, cost)
+    oracle_cost, oracle_quality = metrics.oracle_point(quality, cost)
+    policies = {name: {"points": frontier(pw, quality, cost)} for name, pw in routers.items()}
+    all_costs = [*single_costs.tolist(), *(p["cost_usd"] for r in policies.values() for p in r["points"])]
+    max_cost = float(max(all_costs))
+    best = metrics.best_single_model(single_costs, single_quals)
+    for entry in policies.values():
+        c = np.array([p["cost_usd"] for p in entry["points"]])
+        q = np.array([p["quality"] for p in entry["points"]])
+        entry["aiq"] = metrics.aiq(c, q, max_cost=max_cost)
+        entry["cost_fraction_at_95"] = metrics.headline_cost_fraction(c, q, single_costs, single_quals, 0.95)
+        entry["cost_fraction_at_97"] = metrics.headline_cost_fraction(c, q, single_costs, single_quals, 0.97)
+    report: dict[str, Any] = {
+        "dataset": data.name,
+        "split": split,
+        "scheme": scheme,
+        "n_prompts": int(len(rows)),
+        "cost_scale": float(cost_scale),
+        "max_cost_usd": max_cost,
+        "models": {
+            m: {"quality": float(q), "cost_usd": float(c)}
+            for m, q, c in zip(data.models, single_quals, single_costs, strict=True)
+        },
+        "best_single_model": data.models[best],
+        "oracle": {"quality": float(oracle_quality), "cost_usd": float(oracle_cost)},
+        "zero_router": {"aiq": metrics.zero_router_aiq(single_costs, single_quals, max_cost=max_cost)},
+        "policies": policies,
+    }
+    if oracle_probs is not None:
+        report["oracle"]["points"] = frontier(oracle_probs, quality, cost)
+    if extra:
+        report.update(extra)
+    return report
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A short plain-text table of the report for the terminal."""
+    best = report["best_single_model"]
+    best_q = report["models"][best]["quality"]
+    best_c = report["models"][best]["cost_usd"]
+    lines = [
+        f"{report['dataset']} | {report['split']} split | {report['scheme']} | {report['n_prompts']} prompts",
+        f"{'router':<26}{'AIQ':>8}{'cost@95%':>10}{'cost@97%':>10}   best point at w<=0.2",
+    ]
+
+    def frac(v: float) -> str:
+        return f"{100 * v:7.1f}%" if np.isfinite(v) else "   never"
+
+    for name, entry in report["policies"].items():
+        near = [p for p in entry["points"] if p["cost_weight"] <= 0.2] or entry["points"][:1]
+        top = max(near, key=lambda p: p["quality"])
+        lines.append(
+            f"{name:<26}{entry['aiq']:8.4f}{frac(entry['cost_fraction_at_95']):>10}{frac(entry['cost_fraction_at_97']):>10}"
+            f"   q={top['quality']:.3f} ${top['cost_usd']:.5f} (w={top['cost_weight']:g})"
+        )
+    lines.append(f"{'zero router (hull)':<26}{report['zero_router']['aiq']:8.4f}")
+    lines.append(f"{'best single: ' + best:<26}{'':8}{'':10}{'':10}   q={best_q:.3f} ${best_c:.5f}")
+    o = report["oracle"]
+    lines.append(f"{'oracle':<26}{'':8}{'':10}{'':10}   q={o['quality']:.3f} ${o['cost_usd']:.5f}")
+    lines.append("cost@X%: least cost reaching X% of the best single model's quality, as a share of its cost")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The serving artifact: read, verify and decide with it, using torch on ``cuda`` when present.
+
+An artifact is a directory holding ``manifest.json`` and ``weights.safetensors``. The manifest names the
+format version, the policy kind, the ordered models with their prices, the embedder (id and dimension), the
+default cost and latency weights, the normalisation (``cost_scale``), the training run, the creation time and
+the sha256 of every other file. Loading checks all of it and refuses a corrupted or incompatible artifact with
+an :class:`ArtifactError` that says what is wrong. Nothing here imports training-only code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "router-rl-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+POLICY_KINDS = ("linear",)
+LINEAR_TENSORS = ("theta_quality", "theta_cost", "theta_latency")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that cannot be served: missing, corrupted, or made for another format."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pick_torch_device(device: str | None = "auto") -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass
+class Artifact:
+    """A verified artifact: its manifest and its weights as float32 tensors on ``device``."""
+
+    path: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, Any]
+    device: str
+
+    @property
+    def models(self) -> list[str]:
+        return [m["name"] for m in self.manifest["models"]]
+
+    @property
+    def cost_scale(self) -> float:
+        return float(self.manifest["normalisation"]["cost_scale"])
+
+    @property
+    def version(self) -> str:
+        """A short, stable policy version: the weights' hash prefix."""
+        return self.manifest["files"][WEIGHTS][:12]
+
+
+def _require(manifest: dict[str, Any], key: str, where: Path) -> Any:
+    if key not in manifest:
+        raise ArtifactError(f"{where}: manifest has no {key!r} field; is this a router-rl artifact?")
+    return manifest[key]
+
+
+def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:
+    """Read and verify the artifact directory at ``path``."""
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not a directory; expected an artifact directory with {MANIFEST}")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST}; expected an artifact written by `router-rl export`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({err})") from None
+    if _require(manifest, "format", manifest_path) != FORMAT:
+        raise ArtifactError(f"{manifest_path}: format is {manifest['format']!r}, expected {FORMAT!r}")
+    version = _require(manifest, "format_version", manifest_path)
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format_version {version} is not supported by this router-rl "
+            f"(supports {FORMAT_VERSION}); re-export the policy or upgrade router-rl"
+        )
+    kind = _require(manifest, "policy_kind", manifest_path)
+    if kind not in POLICY_KINDS:
+        raise ArtifactError(f"{manifest_path}: policy_kind {kind!r} is unknown; expected one of {POLICY_KINDS}")
+    for key in ("models", "embedder", "normalisation", "files"):
+        _require(manifest, key, manifest_path)
+    for name, expected in manifest["files"].items():
+        file = root / name
+        if not file.is_file():
+            raise ArtifactError(f"{root}: file {name} listed in the manifest is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ArtifactError(
+                f"{file}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...; "
+                "the artifact is corrupted or was modified"
+            )
+    if WEIGHTS not in manifest["files"]:
+        raise ArtifactError(f"{manifest_path}: files has no {WEIGHTS}")
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    device = pick_torch_device(device)
+    try:
+        raw = load_file(str(root / WEIGHTS))
+    except (SafetensorError, OSError) as err:
+        raise ArtifactError(f"{root / WEIGHTS}: unreadable safetensors file ({err})") from None
+    k, dim = len(manifest["models"]), int(manifest["embedder"]["dim"])
+    tensors = {}
+    for name in LINEAR_TENSORS:
+        if name not in raw:
+            raise ArtifactError(f"{root / WEIGHTS}: tensor {name!r} missing for policy kind {kind!r}")
+        if tuple(raw[name].shape) != (k, dim + 1):
+            raise ArtifactError(
+                f"{root / WEIGHTS}: tensor {name!r} has shape {tuple(raw[name].shape)}, expected {(k, dim + 1)} "
+                f"for {k} models and embedding dim {dim}"
+            )
+        tensors[name] = raw[name].to(device=device, dtype=torch.float32)
+    return Artifact(path=root, manifest=manifest, tensors=tensors, device=device)
+
+
+def linear_estimates(artifact: Artifact, x):
+    """(3, B, K) predicted quality, normalised cost and latency for embeddings ``x`` (B, d) (torch)."""
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float32, device=artifact.device)
+    xb = torch.cat([x, torch.ones((x.shape[0], 1), dtype=x.dtype, device=x.device)], dim=1)
+    theta = torch.stack([artifact.tensors[n] for n in LINEAR_TENSORS])  # (3, K, D)
+    return torch.einsum("bd,hkd->hbk", xb, theta)
+
+
+def decision_scores(
+    artifact: Artifact,
+    x,
+    *,
+    cost_weight: float | None = None,
+    latency_weight: float | None = None,
+    candidates: list[str] | None = None,
+    max_cost_usd: float | None = None,
+    latency_budget_s: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy decision scores (B, K), ``-inf`` for excluded models, and the estimates (3, B, K).
+
+    Score: predicted quality - cost_weight * predicted cost / cost_scale - latency_weight * predicted latency.
+    Models outside ``candidates``, or predicted above ``max_cost_usd`` or ``latency_budget_s``, are excluded;
+    when the limits exclude every candidate, the cheapest (or fastest) candidate remains so a decision exists.
+    """
+    import torch
+
+    w = artifact.manifest.get("default_cost_weight", 0.0) if cost_weight is None else cost_weight
+    lam = artifact.manifest.get("latency_weight", 0.0) if latency_weight is None else latency_weight
+    est = linear_estimates(artifact, x)
+    q, c, lat = est[0], est[1], est[2]
+    scores = q - float(w) * c - float(lam) * lat
+    allowed = torch.ones_like(scores, dtype=torch.bool)
+    if candidates is not None:
+        unknown = [m for m in candidates if m not in artifact.models]
+        if unknown:
+            raise ValueError(f"unknown candidate model(s) {unknown}; this router knows {artifact.models}")
+        mask = torch.tensor([m in candidates for m in artifact.models], device=scores.device)
+        allowed &= mask.unsqueeze(0)
+    if max_cost_usd is not None:
+        within = c * artifact.cost_scale <= max_cost_usd
+        cheapest = torch.where(allowed, c, torch.inf).argmin(dim=1, keepdim=True)
+        within.scatter_(1, cheapest, True)
+        allowed &= within
+    if latency_budget_s is not None:
+        within = lat <= latency_budget_s
+        fastest = torch.where(allowed, lat, torch.inf).argmin(dim=1, keepdim=True)
+        within.scatter_(1, fastest, True)
+        allowed &= within
+    scores = torch.where(allowed, scores, -torch.inf)
+    return scores.double().cpu().numpy(), est.double().cpu().numpy()
