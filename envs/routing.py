@@ -7,8 +7,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from router_rl.envs.latency import fill_latency_priors, fill_output_tokens, sample_latency
 
+from router_rl.envs.latency import fill_latency_priors, fill_output_tokens, sample_latency
 from router_rl.reward import default_cost_scale, reward
 from router_rl.types import RoutingData
 

@@ -77,8 +77,12 @@ def check_batch(policy: Policy, x: np.ndarray, actions: np.ndarray, *arrays: np.
     if actions.shape != (x.shape[0],):
         raise ValueError(f"{policy.name}: actions must be ({x.shape[0]},), got shape {actions.shape}")
     if len(actions) and (actions.min() < 0 or actions.max() >= len(policy.models)):
-        raise ValueError(f"{policy.name}: actions must lie in [0, {len(policy.models)}), got {actions.min()}..{actions.max()}")
+        raise ValueError(
+            f"{policy.name}: actions must lie in [0, {len(policy.models)}), got {actions.min()}..{actions.max()}"
+        )
     for arr in arrays:
         if np.asarray(arr).shape != actions.shape:
-            raise ValueError(f"{policy.name}: feedback arrays must be ({len(actions)},), got {np.asarray(arr).shape}")
+            raise ValueError(
+                f"{policy.name}: feedback arrays must be ({len(actions)},), got {np.asarray(arr).shape}"
+            )
     return actions.astype(np.int64)

@@ -2,10 +2,11 @@
 
 Each model k keeps a ridge regression over the context x (the query embedding plus a constant feature):
 
-    A_k = ridge * I + sum_t x_t x_t^T,     b_k^{(h)} = sum_t y_t^{(h)} x_t,     theta_k^{(h)} = A_k^{-1} b_k^{(h)}
+    A_k = R + sum_t x_t x_t^T,   R = diag(ridge, ..., ridge, bias_ridge),     b_k^{(h)} = sum_t y_t^{(h)} x_t,     theta_k^{(h)} = A_k^{-1} b_k^{(h)}
 
 for the three heads h in (quality, cost / cost_scale, latency). All heads share A_k (same design), so one
-inverse serves them. The decision for cost weight w and latency weight lambda is
+inverse serves them. The constant feature gets its own, weak regulariser ``bias_ridge`` so that a strong
+``ridge`` shrinks the prompt-specific part of each estimate toward the model's mean, not toward zero. The decision for cost weight w and latency weight lambda is
 
     score_k(x) = x.theta_k^q - w x.theta_k^c - lambda x.theta_k^l + alpha sqrt(x^T A_k^{-1} x)
 
@@ -56,22 +57,28 @@ class LinUCB:
         models: arm names, in order.
         dim: context dimension d (the embedding size; a constant feature is added).
         alpha: width of the confidence bonus while exploring.
-        ridge: ridge regulariser (prior precision) of every head.
+        ridge: ridge regulariser (prior precision) of the embedding weights of every head.
+        bias_ridge: regulariser of the constant feature (each model's mean).
     """
 
     name = "linucb"
 
-    def __init__(self, models: list[str], dim: int, alpha: float = 0.5, ridge: float = 1.0) -> None:
+    def __init__(
+        self, models: list[str], dim: int, alpha: float = 0.5, ridge: float = 1.0, bias_ridge: float = 0.01
+    ) -> None:
         if alpha < 0:
             raise ValueError(f"linucb: alpha must be >= 0, got {alpha}")
-        if ridge <= 0:
-            raise ValueError(f"linucb: ridge must be > 0, got {ridge}")
+        if ridge <= 0 or bias_ridge <= 0:
+            raise ValueError(f"linucb: ridge and bias_ridge must be > 0, got {ridge} and {bias_ridge}")
         self.models = list(models)
         self.dim = int(dim)
         self.alpha = float(alpha)
         self.ridge = float(ridge)
+        self.bias_ridge = float(bias_ridge)
         k, d1 = len(self.models), self.dim + 1
-        self.a_inv = np.tile(np.eye(d1) / self.ridge, (k, 1, 1))
+        prior = np.full(d1, self.ridge)
+        prior[-1] = self.bias_ridge
+        self.a_inv = np.tile(np.diag(1.0 / prior), (k, 1, 1))
         self.b = np.zeros((k, len(HEADS), d1))
         self.counts = np.zeros(k)
         self._theta = np.zeros((k, len(HEADS), d1))
@@ -94,8 +101,12 @@ class LinUCB:
             s = s + self.alpha * ucb_bonus(add_bias(x), self.a_inv)
         return s
 
-    def probs(self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False) -> np.ndarray:
-        return greedy_probs(self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight, explore=explore))
+    def probs(
+        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
+    ) -> np.ndarray:
+        return greedy_probs(
+            self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight, explore=explore)
+        )
 
     def update(self, x, actions, quality, cost, latency) -> None:
         x = np.asarray(x)
@@ -125,7 +136,7 @@ class LinUCB:
         self._theta = np.einsum("kij,khj->khi", self.a_inv, self.b)
 
     def config(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "ridge": self.ridge}
+        return {"alpha": self.alpha, "ridge": self.ridge, "bias_ridge": self.bias_ridge}
 
     def linear_head(self) -> dict[str, np.ndarray]:
         """The serving form: per-head weights (K, D) on [x, 1] and the inverse design for the bonus."""

@@ -15,7 +15,9 @@ class RandomPolicy:
     def __init__(self, models: list[str], dim: int | None = None) -> None:
         self.models = list(models)
 
-    def probs(self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False) -> np.ndarray:
+    def probs(
+        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
+    ) -> np.ndarray:
         return np.full((np.asarray(x).shape[0], len(self.models)), 1.0 / len(self.models))
 
     def update(self, x, actions, quality, cost, latency) -> None:  # noqa: D102 - nothing to learn

@@ -18,7 +18,9 @@ class SingleModel:
         self.name = f"single:{model}"
         self._index = self.models.index(model)
 
-    def probs(self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False) -> np.ndarray:
+    def probs(
+        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
+    ) -> np.ndarray:
         out = np.zeros((np.asarray(x).shape[0], len(self.models)))
         out[:, self._index] = 1.0
         return out

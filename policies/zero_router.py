@@ -38,7 +38,9 @@ class ZeroRouter:
         """(3, K) mean quality, normalised cost and latency per model (0 before any feedback)."""
         return self.sums / np.maximum(self.counts, 1.0)
 
-    def probs(self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False) -> np.ndarray:
+    def probs(
+        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
+    ) -> np.ndarray:
         b = np.asarray(x).shape[0]
         k = len(self.models)
         if explore and (self.counts == 0).any():

@@ -71,7 +71,9 @@ def _route(args: Sequence[str]) -> int:
     parser.add_argument("prompt", help="the prompt to route")
     parser.add_argument("--cost-weight", type=float, default=None, help="trade-off; default: the artifact's")
     parser.add_argument("--candidates", nargs="+", default=None, help="restrict the choice to these models")
-    parser.add_argument("--max-cost-usd", type=float, default=None, help="exclude models predicted to cost more")
+    parser.add_argument(
+        "--max-cost-usd", type=float, default=None, help="exclude models predicted to cost more"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the full decision as JSON")
     opts = parser.parse_args(args)
@@ -80,14 +82,19 @@ def _route(args: Sequence[str]) -> int:
     try:
         router = Router(opts.artifact, device=opts.device)
         decision = router.decide(
-            [opts.prompt], cost_weight=opts.cost_weight, candidates=opts.candidates, max_cost_usd=opts.max_cost_usd
+            [opts.prompt],
+            cost_weight=opts.cost_weight,
+            candidates=opts.candidates,
+            max_cost_usd=opts.max_cost_usd,
         )[0]
     except (*_user_errors(), ValueError) as err:
         return _fail(err)
     if opts.json:
         print(json.dumps(decision.to_dict(), indent=2))
         return 0
-    print(f"model: {decision.model}   (policy {decision.policy_version}, propensity {decision.propensity:.2f})")
+    print(
+        f"model: {decision.model}   (policy {decision.policy_version}, propensity {decision.propensity:.2f})"
+    )
     ranked = sorted(decision.scores.items(), key=lambda kv: -float("inf") if kv[1] is None else -kv[1])
     print(f"{'model':<40}{'score':>9}{'quality':>9}{'cost_usd':>11}")
     for model, score in ranked:
@@ -103,7 +110,11 @@ def _export(args: Sequence[str]) -> int:
     source.add_argument("--run-id", help="MLflow run whose logged checkpoint to export")
     source.add_argument("--checkpoint", help="checkpoint directory written by `router-rl train`")
     parser.add_argument("--out", required=True, help="artifact directory to write (replaced if present)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     opts = parser.parse_args(args)
     import os
 

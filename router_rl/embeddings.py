@@ -114,7 +114,11 @@ class Embedder:
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length)
         self.show_progress = show_progress
-        self._cache = EmbeddingCache(Path(cache_dir).expanduser() / "embeddings.sqlite") if cache_dir is not None else None
+        self._cache = (
+            EmbeddingCache(Path(cache_dir).expanduser() / "embeddings.sqlite")
+            if cache_dir is not None
+            else None
+        )
         self._model = None
         self.n_encoded = 0  # texts actually run through the encoder (cache misses), for tests and logs
 

@@ -82,7 +82,9 @@ def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError) as err:
-        raise ExportError(f"{meta_path}: policy class {meta['policy_target']!r} cannot be imported ({err})") from None
+        raise ExportError(
+            f"{meta_path}: policy class {meta['policy_target']!r} cannot be imported ({err})"
+        ) from None
     kwargs = dict(meta["policy_config"])
     if meta.get("dim") is not None:
         kwargs["dim"] = meta["dim"]

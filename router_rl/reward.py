@@ -40,5 +40,7 @@ def default_cost_scale(cost_usd: np.ndarray) -> float:
     per_model = np.nanmean(np.asarray(cost_usd, dtype=np.float64), axis=0)
     scale = float(np.nanmax(per_model)) if np.isfinite(per_model).any() else float("nan")
     if not np.isfinite(scale) or scale <= 0:
-        raise ValueError("cannot derive a cost scale: every model's mean cost is zero or missing; set reward.cost_scale")
+        raise ValueError(
+            "cannot derive a cost scale: every model's mean cost is zero or missing; set reward.cost_scale"
+        )
     return scale

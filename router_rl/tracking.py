@@ -38,7 +38,9 @@ class Tracker:
         self._mlflow = None
 
     @contextlib.contextmanager
-    def run(self, *, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[Tracker]:
+    def run(
+        self, *, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]
+    ) -> Iterator[Tracker]:
         if not self.enabled:
             yield self
             return
@@ -64,7 +66,11 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self._mlflow is None:
             return
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v and abs(float(v)) != float("inf")}
+        clean = {
+            k: float(v)
+            for k, v in metrics.items()
+            if v is not None and v == v and abs(float(v)) != float("inf")
+        }
         self._mlflow.log_metrics(clean, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

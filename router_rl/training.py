@@ -97,7 +97,9 @@ def evaluation_plan(
             )
         train_rows, test_rows = all_rows[split != "test"], all_rows[split == "test"]
         if len(train_rows) == 0 or len(test_rows) == 0:
-            raise ValueError(f"{data.name}: holdout needs train and test prompts; got {len(train_rows)} and {len(test_rows)}")
+            raise ValueError(
+                f"{data.name}: holdout needs train and test prompts; got {len(train_rows)} and {len(test_rows)}"
+            )
         return "holdout", "test", [(train_rows, test_rows)], train_rows
     raise ValueError(f"evaluation.scheme must be kfold, holdout or auto; got {cfg.scheme!r}")
 
@@ -149,8 +151,12 @@ def learn(
     )
     rng = np.random.default_rng(seed)
     expected = reward(
-        data.quality, data.cost_usd, expected_latency(data, latency_sigma),
-        cost_weight=cost_weight, cost_scale=cost_scale, latency_weight=latency_weight,
+        data.quality,
+        data.cost_usd,
+        expected_latency(data, latency_sigma),
+        cost_weight=cost_weight,
+        cost_scale=cost_scale,
+        latency_weight=latency_weight,
     )
     obs, _ = envs.reset(seed=seed)
     done, total_reward, total_regret, n_batches = 0, 0.0, 0.0, max(1, steps // batch_size)
@@ -181,7 +187,11 @@ def make_policy(cfg_policy: DictConfig, models: list[str], dim: int) -> Policy:
 
 
 def policy_label(cfg_policy: DictConfig) -> str:
-    return str(cfg_policy._target_).rsplit(".", 1)[-1].lower()
+    """The policy's report name: its class's ``name`` (``linucb``, ``zero_router``...)."""
+    from hydra.utils import get_class
+
+    cls = get_class(cfg_policy._target_)
+    return str(getattr(cls, "name", cls.__name__.lower()))
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -205,7 +215,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     scheme, split_label, plan, final_rows = evaluation_plan(data, cfg.evaluation, cfg.data)
     cost_scale = (
-        default_cost_scale(data.cost_usd[final_rows]) if cfg.reward.cost_scale == "auto" else float(cfg.reward.cost_scale)
+        default_cost_scale(data.cost_usd[final_rows])
+        if cfg.reward.cost_scale == "auto"
+        else float(cfg.reward.cost_scale)
     )
     main_name = policy_label(cfg.policy)
     baselines = [b for b in cfg.evaluation.baselines if b != main_name]
@@ -218,10 +230,19 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     run_name = cfg.mlflow.run_name or f"{main_name}-{data.name}-seed{seed}"
     resolved = OmegaConf.to_container(cfg, resolve=True)
     steps, batch = int(cfg.train.steps), int(cfg.train.batch_size)
-    total_steps = (len(plan) + (1 if scheme.startswith("kfold") else 0)) * len(learners) * max(1, steps // batch) * batch
+    total_steps = (
+        (len(plan) + (1 if scheme.startswith("kfold") else 0))
+        * len(learners)
+        * max(1, steps // batch)
+        * batch
+    )
     env_kw = dict(
-        steps=steps, batch_size=batch, cost_weight=cost_weight, cost_scale=cost_scale,
-        latency_weight=latency_weight, latency_sigma=float(cfg.env.latency_sigma),
+        steps=steps,
+        batch_size=batch,
+        cost_weight=cost_weight,
+        cost_scale=cost_scale,
+        latency_weight=latency_weight,
+        latency_sigma=float(cfg.env.latency_sigma),
     )
 
     with tracker.run(
@@ -241,9 +262,26 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             for fold, (train_rows, fold_test) in enumerate(plan):
                 for name in learners:
                     policy = _new_policy(name, cfg, data, embeddings)
-                    log_fn = (lambda m, s, f=fold: tracker.log_metrics({f"{k}/fold{f}": v for k, v in m.items()}, s)) if name == main_name else None
-                    stats = learn(policy, data, embeddings, train_rows, seed=seed * 1000 + fold, progress=bar,
-                                  on_log=log_fn, log_every=int(cfg.train.log_every), **env_kw)
+                    log_fn = (
+                        (
+                            lambda m, s, f=fold: tracker.log_metrics(
+                                {f"{k}/fold{f}": v for k, v in m.items()}, s
+                            )
+                        )
+                        if name == main_name
+                        else None
+                    )
+                    stats = learn(
+                        policy,
+                        data,
+                        embeddings,
+                        train_rows,
+                        seed=seed * 1000 + fold,
+                        progress=bar,
+                        on_log=log_fn,
+                        log_every=int(cfg.train.log_every),
+                        **env_kw,
+                    )
                     train_stats[name].append(stats)
                     if name == main_name:
                         last_main = policy
@@ -253,15 +291,25 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                         )
             if scheme.startswith("kfold"):
                 final = _new_policy(main_name, cfg, data, embeddings)
-                learn(final, data, embeddings, final_rows, seed=seed * 1000 + len(plan), progress=bar, **env_kw)
+                learn(
+                    final, data, embeddings, final_rows, seed=seed * 1000 + len(plan), progress=bar, **env_kw
+                )
             else:
                 final = last_main
         train_seconds = time.perf_counter() - t0
 
-        probs = {name: {w: np.concatenate(parts) for w, parts in by_w.items()} for name, by_w in routers.items()}
+        probs = {
+            name: {w: np.concatenate(parts) for w, parts in by_w.items()} for name, by_w in routers.items()
+        }
         oracle_probs = {w: oracle.probs(test_rows, cost_weight=w) for w in weights}
         report = build_report(
-            data, test_rows, probs, scheme=scheme, split=split_label, cost_scale=cost_scale, oracle_probs=oracle_probs,
+            data,
+            test_rows,
+            probs,
+            scheme=scheme,
+            split=split_label,
+            cost_scale=cost_scale,
+            oracle_probs=oracle_probs,
             extra={
                 "policy": main_name,
                 "seed": seed,
@@ -275,7 +323,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
         context = {
             "catalog_models": model_entries(data.catalog),
-            "embedder": {"id": embedder.model_name, "dim": int(embeddings.shape[1]), "max_seq_length": embedder.max_seq_length},
+            "embedder": {
+                "id": embedder.model_name,
+                "dim": int(embeddings.shape[1]),
+                "max_seq_length": embedder.max_seq_length,
+            },
             "cost_scale": cost_scale,
             "cost_weight": cost_weight,
             "latency_weight": latency_weight,

@@ -96,7 +96,9 @@ def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:
         )
     kind = _require(manifest, "policy_kind", manifest_path)
     if kind not in POLICY_KINDS:
-        raise ArtifactError(f"{manifest_path}: policy_kind {kind!r} is unknown; expected one of {POLICY_KINDS}")
+        raise ArtifactError(
+            f"{manifest_path}: policy_kind {kind!r} is unknown; expected one of {POLICY_KINDS}"
+        )
     for key in ("models", "embedder", "normalisation", "files"):
         _require(manifest, key, manifest_path)
     for name, expected in manifest["files"].items():

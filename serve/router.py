@@ -53,11 +53,20 @@ class Router:
         cache_dir: optional embedding cache directory.
     """
 
-    def __init__(self, artifact: Artifact | str | Path, *, device: str | None = "auto", cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        artifact: Artifact | str | Path,
+        *,
+        device: str | None = "auto",
+        cache_dir: str | Path | None = None,
+    ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, device=device)
         emb = self.artifact.manifest["embedder"]
         self.embedder = Embedder(
-            emb["id"], device=self.artifact.device, max_seq_length=int(emb.get("max_seq_length", 256)), cache_dir=cache_dir
+            emb["id"],
+            device=self.artifact.device,
+            max_seq_length=int(emb.get("max_seq_length", 256)),
+            cache_dir=cache_dir,
         )
         self._checked_dim = False
 
@@ -90,7 +99,10 @@ class Router:
             out.append(
                 Decision(
                     model=models[choice],
-                    scores={m: (None if not np.isfinite(s) else float(s)) for m, s in zip(models, row, strict=True)},
+                    scores={
+                        m: (None if not np.isfinite(s) else float(s))
+                        for m, s in zip(models, row, strict=True)
+                    },
                     propensity=1.0 / len(ties),
                     estimates={
                         m: {

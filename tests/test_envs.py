@@ -11,12 +11,12 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
-import router_rl.envs
 from gymnasium.utils.env_checker import check_env
+
+import router_rl.envs
 from router_rl.envs import ENV_IDS, RoutingEnv, make_vector_env, step_outcomes
 from router_rl.envs.latency import fill_latency_priors, fill_output_tokens, sample_latency
 from router_rl.envs.routing import INFO_KEYS
-
 from router_rl.reward import default_cost_scale
 from router_rl.types import Catalog, RoutingData
 

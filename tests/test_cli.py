@@ -1,0 +1,75 @@
+"""The command line as a user meets it: help, --cfg job, multirun, and clear errors for user mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from conftest import run_cli
+
+
+def test_top_level_and_train_help(tmp_path: Path) -> None:
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0 and "train" in proc.stdout and "route" in proc.stdout
+    proc = run_cli(["train", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "policy: linucb, random, zero_router" in proc.stdout
+    assert "data: arena, custom, routellm" in proc.stdout
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    proc = run_cli(["train", "--cfg", "job", "policy=zero_router", "seed=3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["seed"] == 3 and cfg["policy"]["_target_"].endswith("ZeroRouter")
+
+
+def test_bad_user_data_gives_one_line_error(tmp_path: Path, cache_dir: Path) -> None:
+    (tmp_path / "o.csv").write_text("prompt_id,model,quality,cost_usd\np1,m1,1.7,0.1\n")
+    (tmp_path / "p.csv").write_text("prompt_id,prompt\np1,hello\n")
+    (tmp_path / "m.csv").write_text("model,usd_per_1m_input,usd_per_1m_output\nm1,1,2\n")
+    proc = run_cli(
+        [
+            "train",
+            "data=custom",
+            "data.outcomes=o.csv",
+            "data.prompts=p.csv",
+            "data.models=m.csv",
+            "mlflow.enabled=false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "o.csv" in proc.stderr and "quality" in proc.stderr and "line 2" in proc.stderr
+
+
+def test_missing_custom_paths_are_named(tmp_path: Path) -> None:
+    proc = run_cli(["train", "data=custom", "mlflow.enabled=false"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "data.outcomes" in proc.stderr or "outcomes" in proc.stderr
+
+
+def test_multirun_runs_each_job(tmp_path: Path, cache_dir: Path) -> None:
+    proc = run_cli(
+        [
+            "train",
+            "-m",
+            "debug=default",
+            "policy=linucb,zero_router",
+            "train.steps=160",
+            "data.max_prompts=24",
+            "evaluation.cost_weights=[0,1]",
+            "export.enabled=false",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "sweep" / "0" / "report.json").is_file()
+    assert (tmp_path / "sweep" / "1" / "report.json").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("router-rl").experiment_id])
+    assert sorted(r.data.tags["router_rl.policy"] for r in runs) == ["linucb", "zero_router"]
