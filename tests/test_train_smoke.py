@@ -45,7 +45,7 @@ def test_train_writes_report_plot_artifact_and_logs_to_mlflow(debug_run: dict) -
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_id == report["run_id"]
-    assert run.data.params["policy.alpha"] == "0.5" and run.data.params["train.steps"] == "800"
+    assert run.data.params["policy.alpha"] == "1.0" and run.data.params["train.steps"] == "800"
     assert run.data.metrics["eval/linucb/aiq"] == pytest.approx(report["policies"]["linucb"]["aiq"])
     assert "train/reward_mean/fold0" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "train/cumulative_regret/fold0")

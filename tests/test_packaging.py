@@ -1,0 +1,38 @@
+"""The built wheel carries everything a user needs and installs envs/policies/serve under router_rl only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contents(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("router_rl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tops = {n.split("/")[0] for n in names if not n.startswith("router_rl-")}
+    assert tops == {"router_rl"}, tops  # nothing named envs, policies or serve lands in site-packages
+    for needed in (
+        "router_rl/envs/routing.py",
+        "router_rl/policies/linucb.py",
+        "router_rl/serve/artifact.py",
+        "router_rl/configs/train.yaml",
+        "router_rl/configs/policy/linucb.yaml",
+        "router_rl/configs/debug/default.yaml",
+        "router_rl/datasets/arena_bench_v1_gpt4judge.csv.gz",
+        "router_rl/datasets/routellm_gpt4_vs_mixtral_prompts.jsonl.gz",
+        "router_rl/datasets/models.csv",
+        "router_rl/datasets/ATTRIBUTION.md",
+    ):
+        assert needed in names, needed
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "router-rl = router_rl.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
