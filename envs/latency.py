@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from router_rl.types import RoutingData
+
 DEFAULT_TTFT_S = 0.5
 """Time-to-first-token prior (seconds) for a model whose catalog entry has none."""
 DEFAULT_OUTPUT_TOKENS_PER_S = 50.0
@@ -115,3 +117,11 @@ def fill_output_tokens(output_tokens: np.ndarray, default: float = DEFAULT_OUTPU
         recorded > 0, np.where(missing, 0.0, tokens).sum(axis=0) / np.maximum(recorded, 1), overall
     )
     return np.where(missing, per_model[None, :], tokens)
+
+
+def expected_latency(data: RoutingData, sigma: float) -> np.ndarray:
+    """(N, K) mean latency the simulator gives each (prompt, model): the measured ``latency_s`` where the data
+    has it, else ``(ttft + output_tokens / tokens_per_s) * exp(sigma^2 / 2)`` (the log-normal noise's mean)."""
+    ttft, tps = fill_latency_priors(data.catalog.ttft_s, data.catalog.output_tokens_per_s)
+    base = (ttft + fill_output_tokens(data.output_tokens) / tps) * np.exp(sigma**2 / 2)
+    return np.where(np.isnan(data.latency_s), base, data.latency_s)

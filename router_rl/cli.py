@@ -136,6 +136,18 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
     return f"router-rl: {category.__name__}: {message}\n"
 
 
+# Commands implemented in their own modules: name -> "module:function" taking the argument list, returning
+# the exit status. One line each, so features can add their command without touching the rest of this file.
+EXTERNAL_COMMANDS: dict[str, str] = {}
+
+
+def _external(spec: str, args: Sequence[str]) -> int:
+    import importlib
+
+    module, _, func = spec.partition(":")
+    return int(getattr(importlib.import_module(module), func)(list(args)) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
@@ -151,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _route(rest)
     if command == "export":
         return _export(rest)
+    if command in EXTERNAL_COMMANDS:
+        return _external(EXTERNAL_COMMANDS[command], rest)
     print(f"router-rl: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -105,15 +105,6 @@ def evaluation_plan(
 
 
 # ------------------------------------------------------------------------------------------- learning
-def expected_latency(data: RoutingData, sigma: float) -> np.ndarray:
-    """(N, K) mean simulated latency (measured where recorded), for pseudo-regret."""
-    from router_rl.envs.latency import fill_latency_priors, fill_output_tokens
-
-    ttft, tps = fill_latency_priors(data.catalog.ttft_s, data.catalog.output_tokens_per_s)
-    base = (ttft + fill_output_tokens(data.output_tokens) / tps) * np.exp(sigma**2 / 2)
-    return np.where(np.isnan(data.latency_s), base, data.latency_s)
-
-
 def learn(
     policy: Policy,
     data: RoutingData,
@@ -125,8 +116,8 @@ def learn(
     cost_weight: float,
     cost_scale: float,
     latency_weight: float,
-    latency_sigma: float,
     seed: int,
+    env_options: dict[str, Any] | None = None,
     progress: tqdm | None = None,
     on_log: Any = None,
     log_every: int = 0,
@@ -136,9 +127,13 @@ def learn(
     Each batch: the policy gives exploring action probabilities for the observed prompts, an action is drawn
     (its propensity kept), the envs reveal the chosen models' outcomes only, and the policy updates on them.
     Pseudo-regret is measured against the per-step best expected reward under the same weights.
+    ``env_options`` are further :class:`RoutingEnv` arguments (the ``env`` config group, less its ``id``).
     """
     from router_rl.envs import make_vector_env, step_outcomes
+    from router_rl.envs.latency import expected_latency
 
+    env_options = dict(env_options or {})
+    latency_sigma = float(env_options.get("latency_sigma", 0.25))
     envs = make_vector_env(
         batch_size,
         data=data,
@@ -147,7 +142,7 @@ def learn(
         cost_weight=cost_weight,
         cost_scale=cost_scale,
         latency_weight=latency_weight,
-        latency_sigma=latency_sigma,
+        **env_options,
     )
     rng = np.random.default_rng(seed)
     expected = reward(
@@ -242,7 +237,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         cost_weight=cost_weight,
         cost_scale=cost_scale,
         latency_weight=latency_weight,
-        latency_sigma=float(cfg.env.latency_sigma),
+        env_options={k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "id"},
     )
 
     with tracker.run(
