@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from router_rl import metrics
+from router_rl.routellm_metrics import pgr, two_model_summary
 from router_rl.types import RoutingData
 
 
@@ -84,11 +85,44 @@ def build_report(
         "zero_router": {"aiq": metrics.zero_router_aiq(single_costs, single_quals, max_cost=max_cost)},
         "policies": policies,
     }
+    if data.n_models == 2:
+        report["two_model"] = two_model_report(routers, policies, single_quals, best)
     if oracle_probs is not None:
         report["oracle"]["points"] = frontier(oracle_probs, quality, cost)
     if extra:
         report.update(extra)
     return report
+
+
+def two_model_report(
+    routers: dict[str, dict[float, np.ndarray]],
+    policies: dict[str, dict[str, Any]],
+    single_quals: np.ndarray,
+    strong: int,
+) -> dict[str, Any]:
+    """RouteLLM's metrics for two-model data: per router the strong-call share and PGR at every cost weight,
+    APGR, CPT(50%) and CPT(80%). The strong model is the better single model; ``policies`` holds each router's
+    points (sorted by cost weight, as :func:`frontier` returns them)."""
+    q_strong, q_weak = float(single_quals[strong]), float(single_quals[1 - strong])
+    out: dict[str, Any] = {
+        "strong_model_index": int(strong),
+        "q_strong": q_strong,
+        "q_weak": q_weak,
+        "routers": {},
+    }
+    if not q_strong > q_weak:
+        return out  # both models equally good: PGR is undefined
+    for name, by_weight in routers.items():
+        weights = sorted(by_weight)
+        shares = np.array([float(by_weight[w][:, strong].mean()) for w in weights])
+        quals = np.array([p["quality"] for p in policies[name]["points"]])
+        entry: dict[str, Any] = two_model_summary(shares, quals, q_weak, q_strong)
+        entry["points"] = [
+            {"cost_weight": float(w), "strong_share": float(sh), "pgr": float(g)}
+            for w, sh, g in zip(weights, shares, pgr(quals, q_weak, q_strong), strict=True)
+        ]
+        out["routers"][name] = entry
+    return out
 
 
 def summary_table(report: dict[str, Any]) -> str:
@@ -116,4 +150,10 @@ def summary_table(report: dict[str, Any]) -> str:
     o = report["oracle"]
     lines.append(f"{'oracle':<26}{'':8}{'':10}{'':10}   q={o['quality']:.3f} ${o['cost_usd']:.5f}")
     lines.append("cost@X%: least cost reaching X% of the best single model's quality, as a share of its cost")
+    two = report.get("two_model", {}).get("routers", {})
+    for name, entry in two.items():
+        lines.append(
+            f"{name:<26}APGR {entry['apgr']:.3f}   CPT(50%) {100 * entry['cpt50']:5.1f}%   "
+            f"CPT(80%) {100 * entry['cpt80']:5.1f}% strong-model calls"
+        )
     return "\n".join(lines)

@@ -166,3 +166,36 @@ def plot_frontier(report: Mapping[str, Any], path: str | Path) -> Path:
     fig.savefig(out, dpi=120, format="png")
     fig.clear()
     return out
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Mapping[str, Any]], path: str | Path, *, title: str = ""
+) -> Path:
+    """Cumulative pseudo-regret and running mean reward against steps, one line per policy, in one figure.
+
+    Args:
+        curves: policy name -> ``{"steps": (T,), "cumulative_regret": (T,), "reward_mean": (T,)}``.
+        path: output PNG; parent folders are created.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2))
+    FigureCanvasAgg(fig)
+    ax_regret, ax_reward = fig.subplots(1, 2)
+    for name, curve in curves.items():
+        steps = np.asarray(curve["steps"])
+        ax_regret.plot(steps, np.asarray(curve["cumulative_regret"]), label=name)
+        ax_reward.plot(steps, np.asarray(curve["reward_mean"]), label=name)
+    ax_regret.set(xlabel="steps (decisions with feedback)", ylabel="cumulative pseudo-regret", title="regret")
+    ax_reward.set(xlabel="steps (decisions with feedback)", ylabel="mean reward so far", title="reward")
+    for ax in (ax_regret, ax_reward):
+        ax.grid(alpha=0.3)
+    ax_reward.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, format="png")
+    return out

@@ -155,6 +155,7 @@ def learn(
     )
     obs, _ = envs.reset(seed=seed)
     done, total_reward, total_regret, n_batches = 0, 0.0, 0.0, max(1, steps // batch_size)
+    curve: dict[str, list[float]] = {"steps": [], "cumulative_regret": [], "reward_mean": []}
     for i in range(n_batches):
         probs = policy.probs(obs, cost_weight=cost_weight, latency_weight=latency_weight, explore=True)
         actions, _ = sample_actions(probs, rng)
@@ -167,12 +168,20 @@ def learn(
         total_regret += float(regret.sum())
         done += len(actions)
         obs = next_obs
+        curve["steps"].append(done)
+        curve["cumulative_regret"].append(total_regret)
+        curve["reward_mean"].append(total_reward / done)
         if progress is not None:
             progress.update(len(actions))
         if on_log is not None and log_every and ((i + 1) * batch_size) % log_every < batch_size:
             on_log({"train/reward_mean": total_reward / done, "train/cumulative_regret": total_regret}, done)
     envs.close()
-    return {"reward_mean": total_reward / done, "cumulative_regret": total_regret, "steps": done}
+    return {
+        "reward_mean": total_reward / done,
+        "cumulative_regret": total_regret,
+        "steps": done,
+        "curve": curve,
+    }
 
 
 def make_policy(cfg_policy: DictConfig, models: list[str], dim: int) -> Policy:
@@ -192,7 +201,7 @@ def policy_label(cfg_policy: DictConfig) -> str:
 # ----------------------------------------------------------------------------------------------- train
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one training job; returns the report (also written to ``output_dir/report.json``)."""
-    from router_rl.plotting import plot_frontier
+    from router_rl.plotting import plot_frontier, plot_learning_curves
 
     t_start = time.perf_counter()
     out_dir = Path(output_dir)
@@ -200,6 +209,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     seed = int(cfg.seed)
     data = load_data(cfg.data)
     weights = [float(w) for w in cfg.evaluation.cost_weights]
+    if data.n_models == 2:  # RouteLLM's curves need the whole range of strong-call shares
+        weights = sorted({*weights, *np.geomspace(1e-3, 1e3, 41).round(6).tolist()})
     cost_weight, latency_weight = float(cfg.reward.cost_weight), float(cfg.reward.latency_weight)
 
     embedder = make_embedder(cfg.embedder)
@@ -315,6 +326,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         report_path = out_dir / "report.json"
         report_path.write_text(json.dumps(report, indent=2))
         plot_path = plot_frontier(report, out_dir / "pareto.png")
+        curves_path = plot_learning_curves(
+            {name: stats[0]["curve"] for name, stats in train_stats.items()},
+            out_dir / "learning_curves.png",
+            title=f"{data.name}: online learning in the simulator (fold 0, cost weight {cost_weight:g})",
+        )
 
         context = {
             "catalog_models": model_entries(data.catalog),
@@ -340,6 +356,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             for p in entry["points"]:
                 metrics_out[f"eval/{name}/quality/cw_{p['cost_weight']:g}"] = p["quality"]
                 metrics_out[f"eval/{name}/cost_usd/cw_{p['cost_weight']:g}"] = p["cost_usd"]
+        for name, entry in report.get("two_model", {}).get("routers", {}).items():
+            metrics_out.update({f"eval/{name}/{k}": entry[k] for k in ("apgr", "cpt50", "cpt80")})
         metrics_out["eval/zero_router_hull/aiq"] = report["zero_router"]["aiq"]
         metrics_out["eval/oracle/quality"] = report["oracle"]["quality"]
         metrics_out["eval/oracle/cost_usd"] = report["oracle"]["cost_usd"]
@@ -347,7 +365,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             metrics_out.update({f"train/{name}/{k}": v for k, v in stats.items()})
         metrics_out["perf/total_seconds"] = time.perf_counter() - t_start
         tracker.log_metrics(metrics_out)
-        for path in (out_dir / "config.yaml", report_path, plot_path):
+        for path in (out_dir / "config.yaml", report_path, plot_path, curves_path):
             tracker.log_artifact(path)
         tracker.log_artifact(ckpt, "checkpoint")
         if artifact is not None:
@@ -369,5 +387,5 @@ def _new_policy(name: str, cfg: DictConfig, data: RoutingData, embeddings: np.nd
     return BASELINES[name](models=list(data.models), dim=embeddings.shape[1])
 
 
-def _mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+def _mean_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0] if k != "curve"}

@@ -1,0 +1,48 @@
+"""RouteLLM's two-model metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router_rl.routellm_metrics import apgr, cpt, pgr, pgr_curve, two_model_summary
+
+
+def test_pgr() -> None:
+    np.testing.assert_allclose(pgr([0.6, 0.7, 0.8], q_weak=0.6, q_strong=0.8), [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="q_strong > q_weak"):
+        pgr(0.5, q_weak=0.8, q_strong=0.8)
+
+
+def test_random_router_has_apgr_one_half_and_cpt_equal_to_target() -> None:
+    # a random router's PGR equals its strong share: the diagonal, area 1/2
+    shares = np.linspace(0.1, 0.9, 9)
+    assert apgr(shares, shares) == pytest.approx(0.5)
+    assert cpt(shares, shares, 0.5) == pytest.approx(0.5)
+    assert cpt(shares, shares, 0.8) == pytest.approx(0.8)
+
+
+def test_hand_computed_curve() -> None:
+    # points (0.2, 0.6), (0.5, 0.9) + ends (0,0), (1,1):
+    # area = 0.2*0.3 + 0.3*0.75 + 0.5*0.95 = 0.06 + 0.225 + 0.475 = 0.76
+    assert apgr([0.5, 0.2], [0.9, 0.6]) == pytest.approx(0.76)
+    # PGR 0.5 is reached on the first segment: 0.2 * 0.5/0.6 = 0.1667
+    assert cpt([0.2, 0.5], [0.6, 0.9], 0.5) == pytest.approx(0.2 * 0.5 / 0.6)
+    # PGR 0.8 on the second: 0.2 + 0.3 * (0.8-0.6)/(0.9-0.6) = 0.4
+    assert cpt([0.2, 0.5], [0.6, 0.9], 0.8) == pytest.approx(0.4)
+
+
+def test_curve_is_running_maximum_and_rejects_bad_shares() -> None:
+    s, p = pgr_curve(np.array([0.3, 0.6]), np.array([0.7, 0.4]))
+    np.testing.assert_allclose(s, [0.0, 0.3, 0.6, 1.0])
+    np.testing.assert_allclose(p, [0.0, 0.7, 0.7, 1.0])  # a worse point at a larger share is lifted
+    with pytest.raises(ValueError, match="lie in \\[0, 1\\]"):
+        apgr([1.5], [0.2])
+    with pytest.raises(ValueError, match="target PGR"):
+        cpt([0.5], [0.5], 0.0)
+
+
+def test_summary_from_qualities() -> None:
+    out = two_model_summary(np.array([0.2, 0.5]), np.array([0.66, 0.69]), q_weak=0.6, q_strong=0.7)
+    assert out["apgr"] == pytest.approx(0.76)
+    assert out["cpt80"] == pytest.approx(0.4)
