@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,8 +19,10 @@ USAGE = """usage: router-rl <command> [args]
 commands:
   train    train a router from bandit feedback in the simulator, evaluate, log to MLflow, export
            (Hydra: router-rl train --help, --cfg job, -m key=a,b)
+  eval     compare policies and exported artifacts on a dataset over seeds and cost weights (Hydra)
   export   write the serving artifact from an MLflow run or a checkpoint
   route    print one routing decision of an exported artifact for a prompt
+  collect  call candidate models on your prompts, have an LLM judge grade them, write an outcomes table
 
 run `router-rl <command> --help` for a command's options."""
 
@@ -33,13 +36,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(err: BaseException) -> int:
-    print(f"router-rl: error: {err}", file=sys.stderr)
+    message = str(err)
+    full_key = getattr(err, "full_key", None)
+    if full_key and type(err).__name__ == "MissingMandatoryValue":
+        message = f"{message.splitlines()[0]}; set it on the command line: {full_key}=..."
+    print(f"router-rl: error: {message}", file=sys.stderr)
     return 2
 
 
 def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
+    """Run the Hydra application ``config_name`` (``train`` or ``eval``) with ``args`` as its command line."""
     import hydra
     from omegaconf import DictConfig
+    from omegaconf.errors import MissingMandatoryValue
 
     errors = _user_errors()
 
@@ -47,14 +56,17 @@ def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
     def _main(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
 
-        from router_rl.training import train
+        from router_rl.training import evaluate, train
 
+        job = train if config_name == "train" else evaluate
         try:
-            report = train(cfg, HydraConfig.get().runtime.output_dir)
-        except errors as err:
+            report = job(cfg, HydraConfig.get().runtime.output_dir)
+        except (*errors, ValueError, MissingMandatoryValue) as err:
+            if os.environ.get("ROUTER_RL_DEBUG"):  # the full traceback, for developers
+                raise
             sys.exit(_fail(err))
         # the objective a Hydra sweeper would maximise: the trained policy's AIQ
-        return report["policies"][report["policy"]]["aiq"]
+        return report["policies"].get(report["policy"], {}).get("aiq")
 
     saved = sys.argv
     sys.argv = [f"router-rl {name}", *args]
@@ -138,7 +150,9 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
 
 # Commands implemented in their own modules: name -> "module:function" taking the argument list, returning
 # the exit status. One line each, so features can add their command without touching the rest of this file.
-EXTERNAL_COMMANDS: dict[str, str] = {}
+EXTERNAL_COMMANDS: dict[str, str] = {
+    "collect": "router_rl.collect:main",
+}
 
 
 def _external(spec: str, args: Sequence[str]) -> int:
@@ -157,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        return _hydra_command("train", "train", rest)
+    if command in ("train", "eval"):
+        return _hydra_command(command, command, rest)
     if command == "route":
         return _route(rest)
     if command == "export":

@@ -7,6 +7,7 @@ adds the single models, the oracle, the zero router and AIQ against the largest 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,69 @@ def two_model_report(
     return out
 
 
+def aggregate_reports(reports: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One report from per-seed reports of the same routers on the same prompts.
+
+    Points are averaged per cost weight (the point of the seed-mixture router); AIQ, headline cost fractions
+    and the two-model figures are averaged over seeds with their standard deviation (``<key>_std``) and
+    per-seed values (``<key>_per_seed``). With one seed the report is returned as is, with ``seeds``.
+    """
+    base = dict(reports[0])
+    base["seeds"] = list(seeds)
+    if len(reports) == 1:
+        return base
+
+    def spread(entry: dict[str, Any], key: str, values: list[float]) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        finite = bool(np.isfinite(arr).all())  # "never reached" in one seed makes mean and spread undefined
+        entry[key] = float(arr.mean()) if finite else float("inf")
+        entry[f"{key}_std"] = float(arr.std(ddof=1)) if finite else float("nan")
+        entry[f"{key}_per_seed"] = [float(v) for v in arr]
+
+    policies = {}
+    for name in base["policies"]:
+        runs = [r["policies"][name] for r in reports]
+        entry: dict[str, Any] = {
+            "points": [
+                {
+                    "cost_weight": pts[0]["cost_weight"],
+                    "quality": float(np.mean([p["quality"] for p in pts])),
+                    "cost_usd": float(np.mean([p["cost_usd"] for p in pts])),
+                }
+                for pts in zip(*(run["points"] for run in runs), strict=True)
+            ]
+        }
+        for key in ("aiq", "cost_fraction_at_95", "cost_fraction_at_97"):
+            spread(entry, key, [run[key] for run in runs])
+        policies[name] = entry
+    base["policies"] = policies
+    if "two_model" in base:
+        two = dict(base["two_model"])
+        two["routers"] = {}
+        for name, first in base["two_model"]["routers"].items():
+            entry = {"points": first["points"]}
+            for key in ("apgr", "cpt50", "cpt80"):
+                spread(entry, key, [r["two_model"]["routers"][name][key] for r in reports])
+            two["routers"][name] = entry
+        base["two_model"] = two
+    return base
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """Strict JSON: non-finite numbers (a target never reached, an undefined spread) become ``null``."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(report), indent=2, allow_nan=False)
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """A short plain-text table of the report for the terminal."""
     best = report["best_single_model"]
@@ -141,9 +205,14 @@ def summary_table(report: dict[str, Any]) -> str:
     for name, entry in report["policies"].items():
         near = [p for p in entry["points"] if p["cost_weight"] <= 0.2] or entry["points"][:1]
         top = max(near, key=lambda p: p["quality"])
+        std = (
+            f"   (AIQ sd {entry['aiq_std']:.4f} over {len(entry['aiq_per_seed'])} seeds)"
+            if "aiq_std" in entry
+            else ""
+        )
         lines.append(
             f"{name:<26}{entry['aiq']:8.4f}{frac(entry['cost_fraction_at_95']):>10}{frac(entry['cost_fraction_at_97']):>10}"
-            f"   q={top['quality']:.3f} ${top['cost_usd']:.5f} (w={top['cost_weight']:g})"
+            f"   q={top['quality']:.3f} ${top['cost_usd']:.5f} (w={top['cost_weight']:g}){std}"
         )
     lines.append(f"{'zero router (hull)':<26}{report['zero_router']['aiq']:8.4f}")
     lines.append(f"{'best single: ' + best:<26}{'':8}{'':10}{'':10}   q={best_q:.3f} ${best_c:.5f}")

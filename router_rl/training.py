@@ -6,10 +6,11 @@ The work lives in :func:`train` (a plain function of a composed config, so tests
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from tqdm.auto import tqdm
 
 from router_rl.data import DataWarning, assign_splits, kfold_assignments, load_bundled, load_dataset
 from router_rl.embeddings import Embedder
-from router_rl.evaluation import build_report, summary_table
+from router_rl.evaluation import aggregate_reports, build_report, summary_table, to_json
 from router_rl.export import export_artifact, model_entries, write_checkpoint
-from router_rl.policies.base import Policy, sample_actions
+from router_rl.policies.base import Policy, greedy_probs, sample_actions
 from router_rl.policies.oracle import Oracle
 from router_rl.policies.random import RandomPolicy
 from router_rl.policies.zero_router import ZeroRouter
@@ -198,181 +199,299 @@ def policy_label(cfg_policy: DictConfig) -> str:
     return str(getattr(cls, "name", cls.__name__.lower()))
 
 
-# ----------------------------------------------------------------------------------------------- train
-def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run one training job; returns the report (also written to ``output_dir/report.json``)."""
-    from router_rl.plotting import plot_frontier, plot_learning_curves
+# ------------------------------------------------------------------------------------------ experiment
+PolicyFactory = Callable[[list[str], int], Policy]
+"""Builds a fresh policy for the data's models and embedding dimension."""
 
-    t_start = time.perf_counter()
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(cfg.seed)
+
+@dataclass
+class Setup:
+    """Everything a comparison shares: the data, its embeddings, the evaluation plan and the reward."""
+
+    data: RoutingData
+    embeddings: np.ndarray
+    embedder: Embedder
+    embed_seconds: float
+    scheme: str
+    split_label: str
+    plan: list[tuple[np.ndarray, np.ndarray]]
+    final_rows: np.ndarray
+    cost_scale: float
+    cost_weight: float
+    latency_weight: float
+    weights: list[float]
+    env_options: dict[str, Any]
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        return np.concatenate([test for _, test in self.plan])
+
+
+def prepare(cfg: DictConfig) -> Setup:
+    """Load and embed the data, fix the evaluation plan, the cost scale and the cost-weight sweep."""
     data = load_data(cfg.data)
     weights = [float(w) for w in cfg.evaluation.cost_weights]
     if data.n_models == 2:  # RouteLLM's curves need the whole range of strong-call shares
         weights = sorted({*weights, *np.geomspace(1e-3, 1e3, 41).round(6).tolist()})
-    cost_weight, latency_weight = float(cfg.reward.cost_weight), float(cfg.reward.latency_weight)
-
     embedder = make_embedder(cfg.embedder)
     t0 = time.perf_counter()
     print(f"[router-rl] embedding {data.n_prompts} prompts with {embedder.model_name} on {embedder.device}")
     embeddings = embedder.encode(list(data.prompts))
-    embed_seconds = time.perf_counter() - t0
-
     scheme, split_label, plan, final_rows = evaluation_plan(data, cfg.evaluation, cfg.data)
     cost_scale = (
         default_cost_scale(data.cost_usd[final_rows])
         if cfg.reward.cost_scale == "auto"
         else float(cfg.reward.cost_scale)
     )
-    main_name = policy_label(cfg.policy)
-    baselines = [b for b in cfg.evaluation.baselines if b != main_name]
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"evaluation.baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
-    learners = [main_name, *baselines]
-
-    tracker = Tracker(bool(cfg.mlflow.enabled))
-    run_name = cfg.mlflow.run_name or f"{main_name}-{data.name}-seed{seed}"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    steps, batch = int(cfg.train.steps), int(cfg.train.batch_size)
-    total_steps = (
-        (len(plan) + (1 if scheme.startswith("kfold") else 0))
-        * len(learners)
-        * max(1, steps // batch)
-        * batch
-    )
-    env_kw = dict(
-        steps=steps,
-        batch_size=batch,
-        cost_weight=cost_weight,
+    return Setup(
+        data=data,
+        embeddings=embeddings,
+        embedder=embedder,
+        embed_seconds=time.perf_counter() - t0,
+        scheme=scheme,
+        split_label=split_label,
+        plan=plan,
+        final_rows=final_rows,
         cost_scale=cost_scale,
-        latency_weight=latency_weight,
+        cost_weight=float(cfg.reward.cost_weight),
+        latency_weight=float(cfg.reward.latency_weight),
+        weights=weights,
         env_options={k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "id"},
     )
+
+
+def fit_policy(
+    policy: Policy,
+    setup: Setup,
+    rows: np.ndarray,
+    *,
+    cfg: DictConfig,
+    seed: int,
+    progress: tqdm | None = None,
+    on_log: Any = None,
+) -> dict[str, Any]:
+    """Train ``policy`` on prompt ``rows``: from bandit feedback in the simulator (:func:`learn`), or, for a
+    supervised router (a policy with ``fit``), from the full outcome table of those rows."""
+    if callable(getattr(policy, "fit", None)):
+        from router_rl.envs.latency import expected_latency
+
+        d = setup.data
+        latency = expected_latency(d, float(setup.env_options.get("latency_sigma", 0.25)))
+        policy.fit(
+            setup.embeddings[rows], d.quality[rows], d.cost_usd[rows] / setup.cost_scale, latency[rows]
+        )
+        return {"steps": 0, "full_information": 1.0}
+    return learn(
+        policy,
+        setup.data,
+        setup.embeddings,
+        rows,
+        steps=int(cfg.train.steps),
+        batch_size=int(cfg.train.batch_size),
+        cost_weight=setup.cost_weight,
+        cost_scale=setup.cost_scale,
+        latency_weight=setup.latency_weight,
+        env_options=setup.env_options,
+        seed=seed,
+        progress=progress,
+        on_log=on_log,
+        log_every=int(cfg.train.log_every),
+    )
+
+
+def cross_fit(
+    setup: Setup,
+    learners: dict[str, PolicyFactory],
+    *,
+    cfg: DictConfig,
+    seed: int,
+    bar: tqdm,
+    tracker: Tracker,
+    log_name: str | None = None,
+) -> tuple[dict[str, dict[float, np.ndarray]], dict[str, list[dict[str, Any]]], dict[str, Policy]]:
+    """Train every learner on each fold's training rows and predict its test rows at every cost weight.
+
+    Returns (router -> weight -> (N_test, K) probabilities in ``setup.test_rows`` order, training stats per
+    fold, the last fold's policy per learner)."""
+    parts: dict[str, dict[float, list[np.ndarray]]] = {n: {w: [] for w in setup.weights} for n in learners}
+    stats: dict[str, list[dict[str, Any]]] = {n: [] for n in learners}
+    last: dict[str, Policy] = {}
+    for fold, (train_rows, test_rows) in enumerate(setup.plan):
+        for name, factory in learners.items():
+            on_log = _fold_logger(tracker, fold) if name == log_name else None
+            policy = factory(list(setup.data.models), int(setup.embeddings.shape[1]))
+            stats[name].append(
+                fit_policy(
+                    policy, setup, train_rows, cfg=cfg, seed=seed * 1000 + fold, progress=bar, on_log=on_log
+                )
+            )
+            last[name] = policy
+            x = setup.embeddings[test_rows]
+            for w in setup.weights:
+                parts[name][w].append(policy.probs(x, cost_weight=w, latency_weight=setup.latency_weight))
+    probs = {n: {w: np.concatenate(p) for w, p in by_w.items()} for n, by_w in parts.items()}
+    return probs, stats, last
+
+
+def artifact_probs(setup: Setup, path: str, cfg: DictConfig) -> dict[float, np.ndarray]:
+    """An exported artifact's greedy decisions on the test rows at every cost weight (its own embedder)."""
+    from router_rl.serve.artifact import decision_scores, load_artifact
+
+    artifact = load_artifact(path, device=cfg.embedder.device)
+    if artifact.models != list(setup.data.models):
+        raise ValueError(
+            f"artifact {path} routes over {artifact.models}, the data has {list(setup.data.models)}; "
+            "evaluate it on data with the same models"
+        )
+    emb = artifact.manifest["embedder"]
+    same = (
+        emb["id"] == setup.embedder.model_name
+        and int(emb.get("max_seq_length", 256)) == setup.embedder.max_seq_length
+    )
+    embedder = (
+        setup.embedder
+        if same
+        else Embedder(
+            emb["id"],
+            device=cfg.embedder.device,
+            max_seq_length=int(emb.get("max_seq_length", 256)),
+            cache_dir=cfg.embedder.cache_dir,
+        )
+    )
+    x = (
+        setup.embeddings[setup.test_rows]
+        if same
+        else embedder.encode(list(setup.data.prompts[setup.test_rows]))
+    )
+    out = {}
+    for w in setup.weights:
+        scores, _ = decision_scores(artifact, x, cost_weight=w, latency_weight=setup.latency_weight)
+        out[w] = greedy_probs(scores)
+    return out
+
+
+def run_comparison(
+    cfg: DictConfig,
+    output_dir: str | Path,
+    *,
+    command: str,
+    learners: dict[str, PolicyFactory],
+    main_name: str,
+    seeds: list[int],
+    artifacts: dict[str, str] | None = None,
+    export_from: PolicyFactory | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate ``learners`` (and evaluate ``artifacts``) over ``seeds``; write ``report.json``,
+    ``pareto.png`` and ``learning_curves.png``; log one MLflow run; export ``export_from`` when given."""
+    from router_rl.plotting import plot_frontier, plot_learning_curves
+
+    t_start = time.perf_counter()
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup = prepare(cfg)
+    data = setup.data
+    tracker = Tracker(bool(cfg.mlflow.enabled))
+    run_name = cfg.mlflow.run_name or f"{main_name}-{data.name}-seed{','.join(map(str, seeds))}"
+    bandit_steps = max(1, int(cfg.train.steps) // int(cfg.train.batch_size)) * int(cfg.train.batch_size)
+    n_fits = len(setup.plan) * len(learners) * len(seeds) + (1 if export_from is not None else 0)
 
     with tracker.run(
         tracking_uri=cfg.mlflow.tracking_uri,
         experiment=cfg.mlflow.experiment,
         run_name=run_name,
-        tags={"router_rl.command": "train", "router_rl.dataset": data.name, "router_rl.policy": main_name},
+        tags={"router_rl.command": command, "router_rl.dataset": data.name, "router_rl.policy": main_name},
     ):
-        tracker.log_params(flatten(resolved))
+        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        test_rows = np.concatenate([test for _, test in plan])
-        routers: dict[str, dict[float, np.ndarray]] = {name: {w: [] for w in weights} for name in learners}
-        oracle = Oracle(data.quality, data.cost_usd, cost_scale)
-        train_stats: dict[str, list[dict[str, float]]] = {name: [] for name in learners}
+        oracle = Oracle(data.quality, data.cost_usd, setup.cost_scale)
+        oracle_probs = {w: oracle.probs(setup.test_rows, cost_weight=w) for w in setup.weights}
+        fixed = {name: artifact_probs(setup, path, cfg) for name, path in (artifacts or {}).items()}
+        reports, all_stats, final = [], {}, None
         t0 = time.perf_counter()
-        with tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True) as bar:
-            for fold, (train_rows, fold_test) in enumerate(plan):
-                for name in learners:
-                    policy = _new_policy(name, cfg, data, embeddings)
-                    log_fn = (
-                        (
-                            lambda m, s, f=fold: tracker.log_metrics(
-                                {f"{k}/fold{f}": v for k, v in m.items()}, s
-                            )
-                        )
-                        if name == main_name
-                        else None
-                    )
-                    stats = learn(
-                        policy,
+        with tqdm(total=n_fits * bandit_steps, desc=command, unit="step", dynamic_ncols=True) as bar:
+            for seed in seeds:
+                probs, stats, last = cross_fit(
+                    setup, learners, cfg=cfg, seed=seed, bar=bar, tracker=tracker,
+                    log_name=main_name if seed == seeds[0] else None,
+                )  # fmt: skip
+                all_stats = all_stats or stats
+                reports.append(
+                    build_report(
                         data,
-                        embeddings,
-                        train_rows,
-                        seed=seed * 1000 + fold,
-                        progress=bar,
-                        on_log=log_fn,
-                        log_every=int(cfg.train.log_every),
-                        **env_kw,
-                    )
-                    train_stats[name].append(stats)
-                    if name == main_name:
-                        last_main = policy
-                    for w in weights:
-                        routers[name][w].append(
-                            policy.probs(embeddings[fold_test], cost_weight=w, latency_weight=latency_weight)
-                        )
-            if scheme.startswith("kfold"):
-                final = _new_policy(main_name, cfg, data, embeddings)
-                learn(
-                    final, data, embeddings, final_rows, seed=seed * 1000 + len(plan), progress=bar, **env_kw
+                        setup.test_rows,
+                        {**probs, **fixed},
+                        scheme=setup.scheme,
+                        split=setup.split_label,
+                        cost_scale=setup.cost_scale,
+                        oracle_probs=oracle_probs,
+                    )  # fmt: skip
                 )
-            else:
-                final = last_main
+            if export_from is not None:
+                if setup.scheme.startswith(
+                    "kfold"
+                ):  # every prompt was a test prompt once: the export sees all
+                    final = export_from(list(data.models), int(setup.embeddings.shape[1]))
+                    fit_policy(
+                        final,
+                        setup,
+                        setup.final_rows,
+                        cfg=cfg,
+                        seed=seeds[0] * 1000 + len(setup.plan),
+                        progress=bar,
+                    )
+                else:
+                    final = last[main_name]
         train_seconds = time.perf_counter() - t0
 
-        probs = {
-            name: {w: np.concatenate(parts) for w, parts in by_w.items()} for name, by_w in routers.items()
-        }
-        oracle_probs = {w: oracle.probs(test_rows, cost_weight=w) for w in weights}
-        report = build_report(
-            data,
-            test_rows,
-            probs,
-            scheme=scheme,
-            split=split_label,
-            cost_scale=cost_scale,
-            oracle_probs=oracle_probs,
-            extra={
+        report = aggregate_reports(reports, seeds)
+        report.update(
+            {
                 "policy": main_name,
-                "seed": seed,
-                "train": {name: _mean_stats(s) for name, s in train_stats.items()},
+                "seed": seeds[0],
+                "train": {name: _mean_stats(s) for name, s in all_stats.items()},
                 "run_id": tracker.run_id,
-            },
+            }
         )
         report_path = out_dir / "report.json"
-        report_path.write_text(json.dumps(report, indent=2))
-        plot_path = plot_frontier(report, out_dir / "pareto.png")
-        curves_path = plot_learning_curves(
-            {name: stats[0]["curve"] for name, stats in train_stats.items()},
-            out_dir / "learning_curves.png",
-            title=f"{data.name}: online learning in the simulator (fold 0, cost weight {cost_weight:g})",
-        )
+        report_path.write_text(to_json(report))
+        paths = [out_dir / "config.yaml", report_path, plot_frontier(report, out_dir / "pareto.png")]
+        curves = {name: s[0]["curve"] for name, s in all_stats.items() if s and "curve" in s[0]}
+        if curves:
+            title = (
+                f"{data.name}: online learning in the simulator (fold 0, cost weight {setup.cost_weight:g})"
+            )
+            paths.append(plot_learning_curves(curves, out_dir / "learning_curves.png", title=title))
 
-        context = {
-            "catalog_models": model_entries(data.catalog),
-            "embedder": {
-                "id": embedder.model_name,
-                "dim": int(embeddings.shape[1]),
-                "max_seq_length": embedder.max_seq_length,
-            },
-            "cost_scale": cost_scale,
-            "cost_weight": cost_weight,
-            "latency_weight": latency_weight,
-            "dataset": data.name,
-            "run_id": tracker.run_id,
-        }
-        ckpt = write_checkpoint(out_dir / "checkpoint", final, context)
-        artifact = export_artifact(final, context, out_dir / cfg.export.dir) if cfg.export.enabled else None
+        artifact = None
+        if final is not None:
+            context = {
+                "catalog_models": model_entries(data.catalog),
+                "embedder": {
+                    "id": setup.embedder.model_name,
+                    "dim": int(setup.embeddings.shape[1]),
+                    "max_seq_length": setup.embedder.max_seq_length,
+                },
+                "cost_scale": setup.cost_scale,
+                "cost_weight": setup.cost_weight,
+                "latency_weight": setup.latency_weight,
+                "dataset": data.name,
+                "run_id": tracker.run_id,
+            }
+            ckpt = write_checkpoint(out_dir / "checkpoint", final, context)
+            tracker.log_artifact(ckpt, "checkpoint")
+            if cfg.export.enabled:
+                artifact = export_artifact(final, context, out_dir / cfg.export.dir)
+                tracker.log_artifact(artifact, "router_artifact")
 
-        metrics_out = {"perf/embed_seconds": embed_seconds, "perf/train_seconds": train_seconds}
-        for name, entry in report["policies"].items():
-            metrics_out[f"eval/{name}/aiq"] = entry["aiq"]
-            metrics_out[f"eval/{name}/cost_fraction_at_95"] = entry["cost_fraction_at_95"]
-            metrics_out[f"eval/{name}/cost_fraction_at_97"] = entry["cost_fraction_at_97"]
-            for p in entry["points"]:
-                metrics_out[f"eval/{name}/quality/cw_{p['cost_weight']:g}"] = p["quality"]
-                metrics_out[f"eval/{name}/cost_usd/cw_{p['cost_weight']:g}"] = p["cost_usd"]
-        for name, entry in report.get("two_model", {}).get("routers", {}).items():
-            metrics_out.update({f"eval/{name}/{k}": entry[k] for k in ("apgr", "cpt50", "cpt80")})
-        metrics_out["eval/zero_router_hull/aiq"] = report["zero_router"]["aiq"]
-        metrics_out["eval/oracle/quality"] = report["oracle"]["quality"]
-        metrics_out["eval/oracle/cost_usd"] = report["oracle"]["cost_usd"]
-        for name, stats in report["train"].items():
-            metrics_out.update({f"train/{name}/{k}": v for k, v in stats.items()})
+        metrics_out = report_metrics(report)
+        metrics_out.update({"perf/embed_seconds": setup.embed_seconds, "perf/train_seconds": train_seconds})
         metrics_out["perf/total_seconds"] = time.perf_counter() - t_start
         tracker.log_metrics(metrics_out)
-        for path in (out_dir / "config.yaml", report_path, plot_path, curves_path):
+        for path in paths:
             tracker.log_artifact(path)
-        tracker.log_artifact(ckpt, "checkpoint")
-        if artifact is not None:
-            tracker.log_artifact(artifact, "router_artifact")
 
     print(summary_table(report))
-    print(f"[router-rl] report: {report_path}\n[router-rl] plot: {plot_path}")
+    print(f"[router-rl] report: {report_path}\n[router-rl] plot: {paths[2]}")
     if artifact is not None:
         print(f"[router-rl] artifact: {artifact}")
     if tracker.run_id:
@@ -381,10 +500,90 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def _new_policy(name: str, cfg: DictConfig, data: RoutingData, embeddings: np.ndarray) -> Policy:
-    if name == policy_label(cfg.policy):
-        return make_policy(cfg.policy, list(data.models), embeddings.shape[1])
-    return BASELINES[name](models=list(data.models), dim=embeddings.shape[1])
+def _fold_logger(tracker: Tracker, fold: int) -> Callable[[dict[str, float], int], None]:
+    def log(metrics: dict[str, float], step: int) -> None:
+        tracker.log_metrics({f"{k}/fold{fold}": v for k, v in metrics.items()}, step)
+
+    return log
+
+
+def report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's figures as namespaced MLflow metrics (``eval/<router>/...``, ``train/<router>/...``)."""
+    out: dict[str, float] = {}
+    for name, entry in report["policies"].items():
+        for key in ("aiq", "aiq_std", "cost_fraction_at_95", "cost_fraction_at_97"):
+            if key in entry:
+                out[f"eval/{name}/{key}"] = entry[key]
+        for p in entry["points"]:
+            out[f"eval/{name}/quality/cw_{p['cost_weight']:g}"] = p["quality"]
+            out[f"eval/{name}/cost_usd/cw_{p['cost_weight']:g}"] = p["cost_usd"]
+    for name, entry in report.get("two_model", {}).get("routers", {}).items():
+        out.update({f"eval/{name}/{k}": entry[k] for k in ("apgr", "cpt50", "cpt80")})
+    out["eval/zero_router_hull/aiq"] = report["zero_router"]["aiq"]
+    out["eval/oracle/quality"] = report["oracle"]["quality"]
+    out["eval/oracle/cost_usd"] = report["oracle"]["cost_usd"]
+    for name, stats in report.get("train", {}).items():
+        out.update({f"train/{name}/{k}": v for k, v in stats.items()})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- train / eval
+def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """``router-rl train``: the configured policy beside the baselines, then export; returns the report."""
+    main_name = policy_label(cfg.policy)
+    baselines = [b for b in cfg.evaluation.baselines if b != main_name]
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"evaluation.baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
+
+    def main_factory(models: list[str], dim: int) -> Policy:
+        return make_policy(cfg.policy, models, dim)
+
+    learners: dict[str, PolicyFactory] = {main_name: main_factory}
+    for b in baselines:
+        learners[b] = lambda models, dim, cls=BASELINES[b]: cls(models=models, dim=dim)
+    return run_comparison(
+        cfg, output_dir, command="train", learners=learners, main_name=main_name, seeds=[int(cfg.seed)],
+        export_from=main_factory,
+    )  # fmt: skip
+
+
+def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """``router-rl eval``: several policies (trained per fold) and exported artifacts compared over seeds."""
+    learners: dict[str, PolicyFactory] = {}
+    for option in cfg.policies:
+        pcfg = policy_option(str(option), cfg.get("policy_params", {}).get(str(option)))
+        learners[policy_label(pcfg)] = lambda models, dim, pcfg=pcfg: make_policy(pcfg, models, dim)
+    artifacts = {Path(str(p)).name or str(p): str(p) for p in cfg.get("artifacts", [])}
+    if not learners and not artifacts:
+        raise ValueError("eval: nothing to compare; set policies=[...] and/or artifacts=[...]")
+    seeds = [int(s) for s in cfg.evaluation.seeds] if cfg.evaluation.get("seeds") else [int(cfg.seed)]
+    main_name = next(iter(learners), "artifacts")
+    return run_comparison(
+        cfg,
+        output_dir,
+        command="eval",
+        learners=learners,
+        main_name=main_name,
+        seeds=seeds,
+        artifacts=artifacts,
+    )
+
+
+def policy_option(option: str, overrides: Any = None) -> DictConfig:
+    """The config of ``configs/policy/<option>.yaml`` (as shipped in the package), with ``overrides``."""
+    from importlib.resources import files
+
+    path = files("router_rl.configs").joinpath("policy", f"{option}.yaml")
+    if not path.is_file():
+        known = sorted(
+            p.name[:-5]
+            for p in files("router_rl.configs").joinpath("policy").iterdir()
+            if p.name.endswith(".yaml")
+        )
+        raise ValueError(f"unknown policy {option!r}; expected one of {known}")
+    cfg = OmegaConf.create(path.read_text())
+    return OmegaConf.merge(cfg, overrides) if overrides else cfg
 
 
 def _mean_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
