@@ -50,26 +50,24 @@ def test_missing_custom_paths_are_named(tmp_path: Path) -> None:
     assert "data.outcomes" in proc.stderr or "outcomes" in proc.stderr
 
 
-def test_multirun_runs_each_job(tmp_path: Path, cache_dir: Path) -> None:
+def test_multirun_in_parallel_with_nested_mlflow_runs(tmp_path: Path, cache_dir: Path) -> None:
     proc = run_cli(
-        [
-            "train",
-            "-m",
-            "debug=default",
-            "policy=linucb,zero_router",
-            "train.steps=160",
-            "data.max_prompts=24",
-            "evaluation.cost_weights=[0,1]",
-            "export.enabled=false",
-            "hydra.sweep.dir=sweep",
-        ],
+        ["train", "-m", "debug=default", "policy=linucb,zero_router", "train.steps=160", "data.max_prompts=24",
+         "evaluation.cost_weights=[0,1]", "export.enabled=false", "hydra.sweep.dir=sweep",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "UserWarning" not in proc.stderr
     assert (tmp_path / "sweep" / "0" / "report.json").is_file()
     assert (tmp_path / "sweep" / "1" / "report.json").is_file()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("router-rl").experiment_id])
-    assert sorted(r.data.tags["router_rl.policy"] for r in runs) == ["linucb", "zero_router"]
+    (parent,) = [r for r in runs if r.data.tags.get("router_rl.sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["router_rl.policy"] for r in children) == ["linucb", "zero_router"]
+    assert parent.data.metrics["sweep/jobs"] == 2
+    best = max(r.data.metrics["eval/linucb/aiq"] for r in children if "eval/linucb/aiq" in r.data.metrics)
+    assert parent.data.metrics["sweep/best/eval/linucb/aiq"] == best
