@@ -552,7 +552,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """``router-rl eval``: several policies (trained per fold) and exported artifacts compared over seeds."""
     learners: dict[str, PolicyFactory] = {}
     for option in cfg.policies:
-        pcfg = policy_option(str(option), cfg.get("policy_params", {}).get(str(option)))
+        pcfg = policy_option(str(option), cfg.get("policy_params", {}).get(str(option)), root=cfg)
         learners[policy_label(pcfg)] = lambda models, dim, pcfg=pcfg: make_policy(pcfg, models, dim)
     artifacts = {Path(str(p)).name or str(p): str(p) for p in cfg.get("artifacts", [])}
     if not learners and not artifacts:
@@ -570,20 +570,26 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     )
 
 
-def policy_option(option: str, overrides: Any = None) -> DictConfig:
-    """The config of ``configs/policy/<option>.yaml`` (as shipped in the package), with ``overrides``."""
+def policy_option(option: str, overrides: Any = None, *, root: DictConfig | None = None) -> DictConfig:
+    """The config of ``configs/policy/<option>.yaml`` (as shipped in the package), with ``overrides``.
+
+    With ``root`` (the job's config) it is attached as ``root.policy`` of a copy, so interpolations such as
+    ``${seed}`` resolve against the job's values."""
     from importlib.resources import files
 
-    path = files("router_rl.configs").joinpath("policy", f"{option}.yaml")
+    folder = files("router_rl.configs").joinpath("policy")
+    path = folder.joinpath(f"{option}.yaml")
     if not path.is_file():
-        known = sorted(
-            p.name[:-5]
-            for p in files("router_rl.configs").joinpath("policy").iterdir()
-            if p.name.endswith(".yaml")
-        )
+        known = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
         raise ValueError(f"unknown policy {option!r}; expected one of {known}")
     cfg = OmegaConf.create(path.read_text())
-    return OmegaConf.merge(cfg, overrides) if overrides else cfg
+    if overrides:
+        cfg = OmegaConf.merge(cfg, overrides)
+    if root is None:
+        return cfg
+    holder = OmegaConf.create(OmegaConf.to_container(root, resolve=False))
+    holder.policy = cfg
+    return holder.policy
 
 
 def _mean_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
