@@ -31,6 +31,8 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
 def test_compose_every_option(group: str, option: str) -> None:
+    if (group, option) == ("experiment", "sweep_ray"):
+        pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs the ray extra")
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "custom"):
         overrides += ["data.outcomes=o.csv", "data.prompts=p.csv", "data.models=m.csv"]
