@@ -5,7 +5,8 @@
         stub.reply = lambda req: "Rating: [[7]]"   # the assistant text for a request (default: echoes)
         stub.fail_next(429, retry_after=0.1)   # the next request gets a 429 (queue several)
         stub.fail_next(500); stub.fail_next("timeout", delay=2.0); stub.fail_next("malformed")
-        stub.requests                          # every request received: {"path", "headers", "json"}
+        stub.requests                          # every request received: {"path", "headers", "json", "t"}
+        stub.chunk_delay = 0.05                # seconds between streamed chunks (default 0: no pause)
 
 Streaming (``"stream": true``) answers with server-sent events in OpenAI's chunk format, ending with
 ``data: [DONE]``. Usage is reported as prompt/completion tokens estimated as characters / 4.
@@ -30,12 +31,15 @@ def _tokens(text: str) -> int:
 class OpenAIStub:
     """An OpenAI-compatible chat-completions server for tests (``/v1/chat/completions``, ``/v1/models``)."""
 
-    def __init__(self, *, models: list[str] | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, *, models: list[str] | None = None, host: str = "127.0.0.1", port: int = 0, backlog: int = 5
+    ) -> None:
         self.models = models or ["stub-model"]
         self.reply: Callable[[dict[str, Any]], str] = lambda req: (
             f"echo: {req['messages'][-1].get('content', '')}"
         )
         self.requests: list[dict[str, Any]] = []
+        self.chunk_delay = 0.0  # seconds slept before each streamed chunk after the first (0: none)
         self._failures: deque[tuple[Any, dict[str, Any]]] = deque()
         self._lock = threading.Lock()
         stub = self
@@ -75,7 +79,9 @@ class OpenAIStub:
                     )
                     return
                 with stub._lock:
-                    stub.requests.append({"path": self.path, "headers": dict(self.headers), "json": req})
+                    stub.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "json": req, "t": time.monotonic()}
+                    )
                     failure = stub._failures.popleft() if stub._failures else None
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
@@ -112,6 +118,8 @@ class OpenAIStub:
                     self.end_headers()
                     pieces = [text[i : i + 8] for i in range(0, len(text), 8)] or [""]
                     for i, piece in enumerate(pieces):
+                        if i and stub.chunk_delay:
+                            time.sleep(stub.chunk_delay)
                         delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
                         chunk = {
                             "id": cid,
@@ -152,7 +160,10 @@ class OpenAIStub:
                     },
                 )
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        # backlog: the listen queue; raise it for many concurrent clients (a full queue drops SYNs, which the
+        # client retransmits after ~1 s)
+        server_cls = type("StubServer", (ThreadingHTTPServer,), {"request_queue_size": int(backlog)})
+        self._server = server_cls((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
