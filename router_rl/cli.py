@@ -22,6 +22,7 @@ commands:
   eval     compare policies and exported artifacts on a dataset over seeds and cost weights (Hydra)
   export   write the serving artifact from an MLflow run or a checkpoint
   route    print one routing decision of an exported artifact for a prompt
+  serve    run the router as an HTTP service (OpenAI-compatible, behind your gateway); serve export-log
   collect  call candidate models on your prompts, have an LLM judge grade them, write an outcomes table
 
 run `router-rl <command> --help` for a command's options."""
@@ -152,6 +153,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
 # the exit status. One line each, so features can add their command without touching the rest of this file.
 EXTERNAL_COMMANDS: dict[str, str] = {
     "collect": "router_rl.collect:main",
+    "serve": "router_rl.serve.cli:main",
 }
 
 

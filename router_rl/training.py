@@ -494,6 +494,12 @@ def run_comparison(
             if cfg.export.enabled:
                 artifact = export_artifact(final, context, out_dir / cfg.export.dir)
                 tracker.log_artifact(artifact, "router_artifact")
+                if tracker.run_id and cfg.get("registry", {}).get("name"):
+                    from router_rl.registry import register_artifact
+
+                    register_artifact(
+                        artifact, cfg.registry.name, run_id=tracker.run_id, tracking_uri=cfg.mlflow.tracking_uri
+                    )
 
         metrics_out = report_metrics(report)
         metrics_out.update({"perf/embed_seconds": setup.embed_seconds, "perf/train_seconds": train_seconds})

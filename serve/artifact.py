@@ -74,6 +74,84 @@ def _require(manifest: dict[str, Any], key: str, where: Path) -> Any:
     return manifest[key]
 
 
+def _check_fields(manifest: dict[str, Any], where: Path) -> None:
+    """The shapes of the manifest's fields, so that a hand-edited manifest fails here, not mid-request."""
+    models = manifest["models"]
+    if not isinstance(models, list) or not models:
+        raise ArtifactError(f"{where}: models must be a non-empty list of {{name, usd_per_1m_input, ...}}")
+    names = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
+            raise ArtifactError(f"{where}: models[{i}] must be an object with a non-empty 'name'")
+        for price in ("usd_per_1m_input", "usd_per_1m_output"):
+            value = m.get(price)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ArtifactError(
+                    f"{where}: models[{i}] ({m['name']}) has {price}={value!r}, expected a number >= 0"
+                )
+        names.append(m["name"])
+    if len(set(names)) != len(names):
+        raise ArtifactError(
+            f"{where}: models lists a name twice ({sorted(n for n in set(names) if names.count(n) > 1)})"
+        )
+    emb = manifest["embedder"]
+    if not isinstance(emb, dict) or not isinstance(emb.get("id"), str):
+        raise ArtifactError(f"{where}: embedder must be an object with a string 'id'")
+    if not isinstance(emb.get("dim"), int) or isinstance(emb.get("dim"), bool) or emb["dim"] <= 0:
+        raise ArtifactError(f"{where}: embedder.dim is {emb.get('dim')!r}, expected a positive integer")
+    norm = manifest["normalisation"]
+    scale = norm.get("cost_scale") if isinstance(norm, dict) else None
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+        raise ArtifactError(f"{where}: normalisation.cost_scale is {scale!r}, expected a number > 0")
+    if not isinstance(manifest["files"], dict):
+        raise ArtifactError(f"{where}: files must map file names to their sha256")
+
+
+def write_linear_artifact(
+    out_dir: str | Path,
+    *,
+    models: list[dict[str, Any]],
+    tensors: dict[str, np.ndarray],
+    embedder: dict[str, Any],
+    cost_scale: float,
+    default_cost_weight: float = 0.0,
+    latency_weight: float = 0.0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a ``linear`` artifact from its head tensors (``theta_quality``, ``theta_cost``, ``theta_latency``,
+    each (K, d + 1)); the writer twin of :func:`load_artifact`, used by tests, tools and hand-built routers.
+
+    ``models``: the ordered catalog entries (``name``, ``usd_per_1m_input``, ``usd_per_1m_output``, optional
+    latency priors); ``embedder``: ``id``, ``dim``, ``max_seq_length``. ``out_dir`` is created (it must not
+    hold another artifact's files: they would not be listed in the manifest).
+    """
+    from datetime import datetime, timezone
+
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(out / WEIGHTS))
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "policy_kind": "linear",
+        "models": models,
+        "embedder": embedder,
+        "default_cost_weight": float(default_cost_weight),
+        "latency_weight": float(latency_weight),
+        "normalisation": {
+            "cost_scale": float(cost_scale),
+            "embedding": "L2-normalised sentence embedding, constant 1 appended",
+        },
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+        "files": {WEIGHTS: sha256_file(out / WEIGHTS)},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out
+
+
 def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:
     """Read and verify the artifact directory at ``path``."""
     root = Path(path)
@@ -101,6 +179,7 @@ def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:
         )
     for key in ("models", "embedder", "normalisation", "files"):
         _require(manifest, key, manifest_path)
+    _check_fields(manifest, manifest_path)
     for name, expected in manifest["files"].items():
         file = root / name
         if not file.is_file():
@@ -163,11 +242,36 @@ def decision_scores(
     Models outside ``candidates``, or predicted above ``max_cost_usd`` or ``latency_budget_s``, are excluded;
     when the limits exclude every candidate, the cheapest (or fastest) candidate remains so a decision exists.
     """
+    return scores_from_estimates(
+        artifact,
+        linear_estimates(artifact, x),
+        cost_weight=cost_weight,
+        latency_weight=latency_weight,
+        candidates=candidates,
+        max_cost_usd=max_cost_usd,
+        latency_budget_s=latency_budget_s,
+    )
+
+
+def scores_from_estimates(
+    artifact: Artifact,
+    est,
+    *,
+    cost_weight: float | None = None,
+    latency_weight: float | None = None,
+    candidates: list[str] | None = None,
+    max_cost_usd: float | None = None,
+    latency_budget_s: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decision_scores` from estimates ``est`` (3, B, K) already computed by :func:`linear_estimates`.
+
+    Every operation is row-wise, so scoring a slice of a batch gives exactly what scoring those rows alone
+    gives: the serving module runs the head once per micro-batch and scores each request with its own limits.
+    """
     import torch
 
     w = artifact.manifest.get("default_cost_weight", 0.0) if cost_weight is None else cost_weight
     lam = artifact.manifest.get("latency_weight", 0.0) if latency_weight is None else latency_weight
-    est = linear_estimates(artifact, x)
     q, c, lat = est[0], est[1], est[2]
     scores = q - float(w) * c - float(lam) * lat
     allowed = torch.ones_like(scores, dtype=torch.bool)

@@ -10,7 +10,16 @@ from typing import Any
 import numpy as np
 
 from router_rl.embeddings import Embedder
-from router_rl.serve.artifact import Artifact, ArtifactError, decision_scores, load_artifact
+from router_rl.serve.artifact import (
+    Artifact,
+    ArtifactError,
+    decision_scores,
+    linear_estimates,
+    load_artifact,
+    scores_from_estimates,
+)
+
+LIMIT_KEYS = ("cost_weight", "latency_weight", "candidates", "max_cost_usd", "latency_budget_s")
 
 
 @dataclass
@@ -51,6 +60,8 @@ class Router:
         artifact: an :class:`Artifact` or the path of an artifact directory.
         device: ``auto`` (``cuda`` when present), ``cpu`` or ``cuda``; used by the embedder and the head.
         cache_dir: optional embedding cache directory.
+        embedder: an already loaded :class:`Embedder` to reuse (a hot reload keeps the encoder in memory);
+            it must be the artifact's encoder with the artifact's ``max_seq_length``.
     """
 
     def __init__(
@@ -59,22 +70,34 @@ class Router:
         *,
         device: str | None = "auto",
         cache_dir: str | Path | None = None,
+        embedder: Embedder | None = None,
     ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, device=device)
         emb = self.artifact.manifest["embedder"]
-        self.embedder = Embedder(
+        max_seq_length = int(emb.get("max_seq_length", 256))
+        if embedder is not None and (
+            embedder.model_name != emb["id"] or embedder.max_seq_length != max_seq_length
+        ):
+            raise ArtifactError(
+                f"the artifact needs encoder {emb['id']!r} (max_seq_length {max_seq_length}), "
+                f"the given embedder is {embedder.model_name!r} (max_seq_length {embedder.max_seq_length})"
+            )
+        self.embedder = embedder or Embedder(
             emb["id"],
             device=self.artifact.device,
-            max_seq_length=int(emb.get("max_seq_length", 256)),
+            max_seq_length=max_seq_length,
             cache_dir=cache_dir,
         )
         self._checked_dim = False
+        self.n_embed_calls = 0  # forward passes of the encoder and of the head, for batching checks and logs
+        self.n_head_calls = 0
 
     @property
     def models(self) -> list[str]:
         return self.artifact.models
 
     def embed(self, prompts: list[str]) -> np.ndarray:
+        self.n_embed_calls += 1
         x = self.embedder.encode(prompts)
         if not self._checked_dim:
             want = int(self.artifact.manifest["embedder"]["dim"])
@@ -87,7 +110,40 @@ class Router:
 
     def decide_embedded(self, x: np.ndarray, **limits: Any) -> list[Decision]:
         """Decisions for precomputed embeddings ``x`` (B, d); ``limits`` as in :func:`decision_scores`."""
+        self.n_head_calls += 1
         scores, est = decision_scores(self.artifact, x, **limits)
+        return self._decisions(scores, est)
+
+    def decide_requests(
+        self, prompts: list[str], limits: list[dict[str, Any]]
+    ) -> tuple[list[Decision], np.ndarray]:
+        """Decisions for a micro-batch of requests, each with its own ``limits`` (keys of :data:`LIMIT_KEYS`).
+
+        One encoder pass and one head pass for the whole batch; each request is then scored with its own
+        cost weight, candidates and budgets (row-wise, so a request's decision does not depend on the others
+        in its batch). Returns the decisions, in order, and the embeddings (B, d).
+        """
+        if len(prompts) != len(limits):
+            raise ValueError(f"{len(prompts)} prompts but {len(limits)} limit sets")
+        x = self.embed(prompts)
+        self.n_head_calls += 1
+        est = linear_estimates(self.artifact, x)
+        groups: dict[tuple, list[int]] = {}
+        for i, lim in enumerate(limits):
+            unknown = set(lim) - set(LIMIT_KEYS)
+            if unknown:
+                raise ValueError(f"unknown limit(s) {sorted(unknown)}; expected some of {LIMIT_KEYS}")
+            key = tuple(tuple(lim[k]) if isinstance(lim.get(k), list) else lim.get(k) for k in LIMIT_KEYS)
+            groups.setdefault(key, []).append(i)
+        out: list[Decision | None] = [None] * len(prompts)
+        for rows in groups.values():
+            lim = limits[rows[0]]
+            scores, sub = scores_from_estimates(self.artifact, est[:, rows], **lim)
+            for i, decision in zip(rows, self._decisions(scores, sub), strict=True):
+                out[i] = decision
+        return out, x  # type: ignore[return-value]
+
+    def _decisions(self, scores: np.ndarray, est: np.ndarray) -> list[Decision]:
         models = self.models
         scale = self.artifact.cost_scale
         out = []
@@ -121,3 +177,26 @@ class Router:
         """One decision per prompt; ``limits``: cost_weight, latency_weight, candidates, max_cost_usd,
         latency_budget_s."""
         return self.decide_embedded(self.embed(prompts), **limits)
+
+
+def explore(decision: Decision, epsilon: float, rng: np.random.Generator) -> Decision:
+    """Epsilon-greedy on top of a greedy decision, with the propensity of the model finally chosen.
+
+    With probability ``epsilon`` a model is drawn uniformly among the allowed ones (finite score), otherwise
+    the greedy choice stands. The returned propensity is the probability of the
+    chosen model under this mixture, as off-policy evaluation needs. ``epsilon = 0`` returns ``decision``.
+    """
+    if epsilon <= 0.0:
+        return decision
+    allowed = [m for m, s in decision.scores.items() if s is not None]
+    model = allowed[int(rng.integers(len(allowed)))] if rng.random() < epsilon else decision.model
+    greedy = 1.0 if model == decision.model else 0.0  # the greedy part breaks ties by catalog order
+    propensity = (1.0 - epsilon) * greedy + epsilon / len(allowed)
+    return Decision(
+        model=model,
+        scores=decision.scores,
+        propensity=propensity,
+        estimates=decision.estimates,
+        policy_version=decision.policy_version,
+        decision_id=decision.decision_id,
+    )

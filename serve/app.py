@@ -1,0 +1,524 @@
+"""The router service: an app factory for FastAPI (tests inject the router, settings, upstreams and log).
+
+Endpoints: ``POST /v1/route``, ``POST /v1/chat/completions`` (OpenAI-compatible, ``router`` or
+``router-<cost_weight>`` as the model, streaming passed through), ``POST /v1/feedback``, ``GET /v1/models``,
+``GET /healthz``, ``GET /metrics`` (Prometheus) and ``POST /admin/reload`` (hot reload of an artifact,
+behind the admin token). Decisions go through the micro-batcher; every decision is logged with its
+propensity; every non-2xx answer has an OpenAI-style error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router_rl.serve.artifact import ArtifactError
+from router_rl.serve.batching import MicroBatcher
+from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
+from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
+from router_rl.serve.metrics import Metrics
+from router_rl.serve.proxy import ChatProxy
+from router_rl.serve.router import Router
+from router_rl.serve.schemas import (
+    ChatRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+    Limits,
+    Message,
+    ReloadRequest,
+    RouteRequest,
+    RouteResponse,
+)
+from router_rl.serve.service import Service
+from router_rl.serve.settings import ServeSettings
+from router_rl.serve.upstreams import UpstreamMap, new_client
+
+log = logging.getLogger("router_rl.serve")
+
+ROUTER_MODEL = re.compile(r"^router(?:-(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?$")
+ENDPOINTS = (
+    "/v1/route",
+    "/v1/chat/completions",
+    "/v1/feedback",
+    "/v1/models",
+    "/healthz",
+    "/metrics",
+    "/admin/reload",
+)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def prompt_of(messages: list[Message], max_chars: int) -> str:
+    """The text a chat request is routed on: its last user message's text."""
+    for message in reversed(messages):
+        if message.role != "user":
+            continue
+        content = message.content
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = "\n".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+        else:
+            text = ""
+        if not text.strip():
+            raise APIError(
+                400, "the last user message has no text to route on", param="messages", code="empty_prompt"
+            )
+        check_prompt(text, max_chars)
+        return text
+    raise APIError(400, "messages hold no user message to route on", param="messages", code="no_user_message")
+
+
+def check_prompt(text: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise APIError(
+            400,
+            f"the prompt has {len(text)} characters, more than this router's limit of {max_chars}",
+            param="prompt",
+            code="prompt_too_long",
+        )
+
+
+def cost_weight_of(model: str) -> float | None:
+    """``router`` -> None (the artifact's default), ``router-0.5`` -> 0.5; anything else: 404."""
+    match = ROUTER_MODEL.match(model)
+    if match is None:
+        raise APIError(
+            404,
+            f"model {model!r} does not exist here: use 'router' (the artifact's cost weight) or "
+            "'router-<cost_weight>', e.g. 'router-0.5'",
+            param="model",
+            code="model_not_found",
+        )
+    w = match.group("w")
+    if w is None:
+        return None
+    value = float(w)
+    if not math.isfinite(value):
+        raise APIError(400, f"cost weight {w!r} in the model name is not a finite number", param="model")
+    return value
+
+
+def limits_of(body: Limits, models: list[str], cost_weight: float | None = None) -> dict[str, Any]:
+    if body.candidates is not None:
+        unknown = [m for m in body.candidates if m not in models]
+        if unknown:
+            raise APIError(
+                400,
+                f"unknown candidate model(s) {unknown}; this router knows {models}",
+                param="candidates",
+                code="invalid_candidates",
+            )
+    return {
+        "cost_weight": body.cost_weight if body.cost_weight is not None else cost_weight,
+        "candidates": list(dict.fromkeys(body.candidates)) if body.candidates is not None else None,
+        "max_cost_usd": body.max_cost_usd,
+        "latency_budget_s": body.latency_budget_s,
+    }
+
+
+def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
+    errors = err.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing", "model_type"):
+        return "the request body must be a JSON object (Content-Type: application/json)", None
+    param = ".".join(loc) or None
+    where = f"{param}: " if param else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}{first.get('msg', 'invalid value')}{more}", param
+
+
+# ------------------------------------------------------------------------------------------ middleware
+
+
+class EdgeMiddleware:
+    """Pure ASGI middleware: request metrics, in-flight gauge and the body-size limit (413, before parsing)."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics, limit = self.service.metrics, self.service.settings.max_body_bytes
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        status = {"code": 500}
+        t0 = time.perf_counter()
+        metrics.inflight.inc()
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                declared = dict(scope.get("headers") or []).get(b"content-length")
+                too_big = False
+                if declared is not None:
+                    try:
+                        too_big = int(declared) > limit
+                    except ValueError:
+                        too_big = False
+                body = b""
+                more = not too_big
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > limit:
+                        too_big = True
+                        break
+                if too_big:
+                    await JSONResponse(
+                        error_body(
+                            413,
+                            f"the request body is larger than this router's limit of {limit} bytes",
+                            code="body_too_large",
+                        ),
+                        status_code=413,
+                    )(scope, receive, send_wrapper)
+                    return
+                replayed = False
+
+                async def replay() -> dict:
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics.inflight.dec()
+            metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            metrics.request_latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ the factory
+
+
+def create_app(
+    router: Router | str | Path,
+    settings: ServeSettings | None = None,
+    *,
+    upstreams: UpstreamMap | None = None,
+    decision_log: DecisionLog | None = None,
+    client: httpx.AsyncClient | None = None,
+    artifact_source: str | None = None,
+    resolve: Callable[[str], str] | None = None,
+    handle_sighup: bool = False,
+) -> FastAPI:
+    """A FastAPI app serving ``router``.
+
+    Args:
+        router: a loaded :class:`Router` (tests share one encoder across apps) or an artifact directory.
+        settings: limits, batching, auth, logging (default :class:`ServeSettings`).
+        upstreams: where chat requests go (default: built from ``settings.upstream``/``settings.upstreams``).
+        decision_log: the decision log (default: opened at ``settings.log_db``; none when that is empty).
+        client: the httpx client for upstream calls (default: a pooled client from the settings); the app
+            closes only a client it created.
+        artifact_source: what ``/admin/reload`` and SIGHUP reload by default (default: the router's path).
+        resolve: maps a reload source to an artifact directory (the CLI resolves ``models:/`` URIs with it).
+        handle_sighup: reload the artifact on SIGHUP (the CLI sets it; tests leave it off).
+    """
+    from router_rl.serve.upstreams import upstream_map
+
+    settings = (settings or ServeSettings()).validate()
+    if not isinstance(router, Router):
+        router = Router(router, device=settings.device)
+    if upstreams is None:
+        upstreams = upstream_map(
+            settings.upstream, settings.upstreams, api_key_env=settings.upstream_api_key_env
+        )
+    own_log = decision_log is None and bool(settings.log_db)
+    if own_log:
+        decision_log = DecisionLog(settings.log_db)  # type: ignore[arg-type]
+    metrics = Metrics()
+    metrics.set_policy(router.artifact.version)
+    service = Service(
+        router=router,
+        settings=settings,
+        upstreams=upstreams,
+        metrics=metrics,
+        decision_log=decision_log,
+        artifact_source=artifact_source or str(router.artifact.path),
+        resolve=resolve or (lambda s: s),
+        rng=np.random.default_rng(settings.seed),
+    )
+    proxy = ChatProxy(service)
+    missing = [m for m in router.models if upstreams.get(m) is None] if upstreams else []
+    if missing:
+        log.warning("no upstream for %s: chat requests will not be routed to them", missing)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        service.batcher = MicroBatcher(
+            service._batch,
+            max_batch=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            on_batch=lambda n, s: (metrics.batch_size.observe(n), metrics.batch_latency.observe(s)),
+        )
+        await service.batcher.start()
+        own_client = client is None
+        service.client = client or new_client(
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            max_connections=settings.upstream_max_connections,
+        )
+        import torch
+
+        threads_before = torch.get_num_threads()
+        # torch's thread count is set on the thread that runs the encoder (and is process-wide on most builds)
+        await loop.run_in_executor(
+            service.batcher.executor, torch.set_num_threads, settings.resolved_torch_threads()
+        )
+        await loop.run_in_executor(service.batcher.executor, service.router.embed, ["warm-up"])
+        if handle_sighup:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_quietly()))
+        log.info(
+            "router-rl serving policy %s (%d models) on %s",
+            router.artifact.version,
+            len(router.models),
+            router.artifact.device,
+        )
+        try:
+            yield
+        finally:  # uvicorn has stopped accepting and waited for in-flight requests: drain and close
+            await service.batcher.stop()
+            if own_client:
+                await service.client.aclose()
+            if own_log and service.decision_log is not None:
+                await loop.run_in_executor(None, service.decision_log.close)
+            torch.set_num_threads(threads_before)
+
+    async def _reload_quietly() -> None:
+        with contextlib.suppress(Exception):
+            await service.reload()
+
+    app = FastAPI(
+        title="router-rl",
+        version="1",
+        summary="Learned LLM routing: decisions, an OpenAI-compatible proxy, feedback and metrics",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    # ---------------------------------------------------------------- errors: always an OpenAI-style body
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(err)
+        return JSONResponse(error_body(400, message, param=param, code="invalid_request"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = err.detail if isinstance(err.detail, str) else "request failed"
+        if err.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return JSONResponse(
+            error_body(err.status_code, message), status_code=err.status_code, headers=err.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse(error_body(500, f"internal error ({type(err).__name__})"), status_code=500)
+
+    # ---------------------------------------------------------------- auth
+    tokens = settings.key_names
+
+    async def api_key(request: Request) -> str:
+        if not tokens:
+            return "anonymous"
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        name = tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if name is None:
+            raise APIError(
+                401,
+                "missing or unknown API key: send Authorization: Bearer <token>",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return name
+
+    # ---------------------------------------------------------------- endpoints
+    @app.post("/v1/route", response_model=RouteResponse, responses=ERROR_RESPONSES)
+    async def route(body: RouteRequest, key: str = Depends(api_key)) -> JSONResponse:
+        """One routing decision: the model to call, the scores, the propensity and a decision id."""
+        if body.prompt is not None:
+            prompt = body.prompt
+            if not prompt.strip():
+                raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+            check_prompt(prompt, settings.max_prompt_chars)
+        else:
+            if len(body.messages or []) > settings.max_messages:
+                raise APIError(400, f"more than {settings.max_messages} messages", param="messages")
+            prompt = prompt_of(body.messages or [], settings.max_prompt_chars)
+        limits = limits_of(body, service.router.models)
+        routed = await service.decide(prompt, limits)
+        service.log_decision(routed, prompt, "route", key)
+        d = routed.decision
+        w = limits["cost_weight"]
+        return JSONResponse(
+            {
+                "model": d.model,
+                "scores": d.scores,
+                "propensity": d.propensity,
+                "decision_id": d.decision_id,
+                "policy_version": d.policy_version,
+                "cost_weight": float(
+                    w if w is not None else routed.router.artifact.manifest.get("default_cost_weight", 0.0)
+                ),
+                "estimates": d.estimates,
+            }
+        )
+
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+    async def chat_completions(body: ChatRequest, key: str = Depends(api_key)) -> Response:
+        """OpenAI chat completions, routed: the policy picks the model, the request goes to its upstream, and
+        on 429, 5xx, timeout or connection error to the next best. ``x-router-model`` names who answered."""
+        cost_weight = cost_weight_of(body.model)
+        if len(body.messages) > settings.max_messages:
+            raise APIError(400, f"more than {settings.max_messages} messages", param="messages")
+        prompt = prompt_of(body.messages, settings.max_prompt_chars)
+        if not service.upstreams:
+            raise APIError(
+                503,
+                "no upstream configured: start the router with --upstream URL or --upstreams FILE",
+                code="no_upstream",
+            )
+        router = service.router
+        limits = limits_of(body.router or Limits(), router.models, cost_weight)
+        served = service.upstreams.served(router.models)
+        allowed = limits["candidates"] if limits["candidates"] is not None else router.models
+        reachable = [m for m in allowed if m in served]
+        if not reachable:
+            raise APIError(
+                400,
+                f"none of the candidate models {allowed} has an upstream",
+                param="candidates",
+                code="no_upstream",
+            )
+        if len(reachable) < len(router.models):
+            limits["candidates"] = reachable
+        routed = await service.decide(prompt, limits)
+        service.log_decision(routed, prompt, "chat", key)
+        payload = body.model_dump(exclude_unset=True, exclude={"router"})
+        if body.stream:
+            return await proxy.stream(routed, payload, key)
+        return await proxy.complete(routed, payload, key)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=ERROR_RESPONSES)
+    async def feedback(body: FeedbackRequest, key: str = Depends(api_key)) -> JSONResponse:
+        """Store the judged quality of a decision; answers only once the row is committed and synced."""
+        if service.decision_log is None:
+            raise APIError(
+                503, "the decision log is off (--log-db); feedback cannot be stored", code="no_log"
+            )
+        future = service.decision_log.add_feedback(
+            body.decision_id, body.quality, cost_usd=body.cost_usd, latency_s=body.latency_s
+        )
+        try:
+            await asyncio.wrap_future(future)
+        except UnknownDecision:
+            raise APIError(
+                404,
+                f"no decision {body.decision_id!r} in the log",
+                param="decision_id",
+                code="decision_not_found",
+            ) from None
+        except LogFull as err:
+            raise APIError(503, str(err), code="overloaded", headers={"Retry-After": "1"}) from None
+        metrics.feedback.inc()
+        return JSONResponse({"decision_id": body.decision_id, "stored": True})
+
+    @app.get("/v1/models")
+    async def list_models(key: str = Depends(api_key)) -> JSONResponse:
+        """The model names this service answers to (OpenAI's list format)."""
+        created = int(service.started_at)
+        data = [{"id": "router", "object": "model", "created": created, "owned_by": "router-rl"}]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """Liveness and what is being served."""
+        r = service.router
+        return JSONResponse(
+            {
+                "status": "ok",
+                "policy_version": r.artifact.version,
+                "models": r.models,
+                "device": r.artifact.device,
+                "queue": service.batcher.queued if service.batcher else 0,
+                "uptime_s": round(time.time() - service.started_at, 3),
+                "decision_log": str(service.decision_log.path) if service.decision_log else None,
+            }
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition."""
+        metrics.queue.set(service.batcher.queued if service.batcher else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", responses=ERROR_RESPONSES)
+    async def admin_reload(request: Request, body: ReloadRequest | None = None) -> JSONResponse:
+        """Load another artifact (or re-read the current one) and switch to it without dropping requests."""
+        if not settings.admin_token:
+            raise APIError(
+                403, "reload over HTTP is off: start the router with --admin-token", code="admin_disabled"
+            )
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token.strip() != settings.admin_token:
+            raise APIError(
+                401,
+                "missing or wrong admin token",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            result = await service.reload(body.artifact if body else None)
+        except (ArtifactError, FileNotFoundError, ValueError) as err:
+            raise APIError(400, f"reload refused: {err}", code="bad_artifact") from None
+        return JSONResponse(result)
+
+    app.add_middleware(EdgeMiddleware, service=service)
+    return app

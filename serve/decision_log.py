@@ -1,0 +1,515 @@
+"""The decision log: every routing decision and its feedback, in one sqlite file (WAL), read back as logged
+bandit data for off-policy evaluation and retraining.
+
+Tables:
+    ``decisions``: one row per decision: ``decision_id``, time, endpoint, policy version, the artifact's ordered
+    ``models`` (JSON), the chosen ``action`` (index into ``models``) and ``model``, its ``propensity``, the
+    decision ``scores`` and the policy's predicted quality and cost for every model (JSON lists aligned with
+    ``models``; null for excluded models' scores), ``cost_weight``, ``cost_scale``, the request's limits, the
+    prompt's sha256 (the prompt text and the embedding only when asked), the API key name, and what happened
+    upstream (``answered_by``, ``status``, ``attempts``, tokens, ``cost_usd``, ``latency_s``).
+    ``feedback``: one row per decision_id (the latest feedback wins): ``quality`` in [0, 1], optional
+    ``cost_usd`` and ``latency_s``, time.
+
+One writer thread owns the connection and commits in groups. Decisions and outcomes are queued without
+waiting (a full queue drops the row and counts it); feedback waits for its own commit: ``synchronous=FULL``
+in WAL mode syncs the log file on every commit, so feedback acknowledged to a client survives a crash or a
+SIGKILL of the server. Nothing here imports training-only code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    models TEXT NOT NULL,
+    action INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    propensity REAL NOT NULL,
+    scores TEXT NOT NULL,
+    pred_quality TEXT NOT NULL,
+    pred_cost_usd TEXT NOT NULL,
+    cost_weight REAL NOT NULL,
+    cost_scale REAL NOT NULL,
+    limits TEXT NOT NULL,
+    prompt_sha256 TEXT NOT NULL,
+    prompt TEXT,
+    embedding BLOB,
+    api_key TEXT,
+    answered_by TEXT,
+    status TEXT,
+    attempts INTEGER,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost_usd REAL,
+    latency_s REAL
+);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    decision_id TEXT PRIMARY KEY REFERENCES decisions (decision_id),
+    quality REAL NOT NULL,
+    cost_usd REAL,
+    latency_s REAL,
+    ts REAL NOT NULL
+);
+"""
+DECISION_COLUMNS = (
+    "decision_id",
+    "ts",
+    "endpoint",
+    "policy_version",
+    "models",
+    "action",
+    "model",
+    "propensity",
+    "scores",
+    "pred_quality",
+    "pred_cost_usd",
+    "cost_weight",
+    "cost_scale",
+    "limits",
+    "prompt_sha256",
+    "prompt",
+    "embedding",
+    "api_key",
+)
+OUTCOME_COLUMNS = (
+    "answered_by",
+    "status",
+    "attempts",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+)
+
+
+class UnknownDecision(KeyError):
+    """Feedback for a decision_id the log does not hold."""
+
+
+class LogFull(RuntimeError):
+    """The writer's queue is full; feedback cannot be accepted now (HTTP 503)."""
+
+
+def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection in WAL mode with ``synchronous=FULL`` (every commit synced) and the schema in place."""
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(SCHEMA)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) != SCHEMA_VERSION:
+        conn.close()
+        raise RuntimeError(
+            f"{path}: decision log schema version {row[0]}, this router-rl writes version {SCHEMA_VERSION}; "
+            "start with another --log-db"
+        )
+    return conn
+
+
+@dataclass
+class _Op:
+    kind: str  # decision | outcome | feedback | flush
+    args: tuple
+    future: Future | None = field(default=None, repr=False)
+
+
+class DecisionLog:
+    """The asynchronous writer of one decision log file.
+
+    Args:
+        path: the sqlite file (created with its folder).
+        max_queue: rows allowed to wait for the writer; decisions past it are dropped and counted.
+        max_group: the most operations committed in one transaction.
+    """
+
+    def __init__(self, path: str | Path, *, max_queue: int = 100_000, max_group: int = 512) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_group = int(max_group)
+        self.n_dropped = 0
+        self.n_commits = 0
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=max_queue)
+        self._conn = connect(self.path)  # opened here so that a bad path fails at startup, not in the thread
+        self._thread = threading.Thread(target=self._run, name="router-rl-decision-log", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producers (any thread, non-blocking)
+    def log_decision(self, row: dict[str, Any]) -> bool:
+        """Queue a decision row (keys: :data:`DECISION_COLUMNS`); False when dropped because the queue is full."""
+        return self._put(_Op("decision", tuple(row.get(c) for c in DECISION_COLUMNS)))
+
+    def log_outcome(self, decision_id: str, **outcome: Any) -> bool:
+        """Queue what happened upstream (keys: :data:`OUTCOME_COLUMNS`)."""
+        values = tuple(outcome.get(c) for c in OUTCOME_COLUMNS)
+        return self._put(_Op("outcome", (*values, decision_id)))
+
+    def add_feedback(
+        self,
+        decision_id: str,
+        quality: float,
+        *,
+        cost_usd: float | None = None,
+        latency_s: float | None = None,
+    ) -> Future:
+        """Queue feedback; the future resolves once it is committed and synced (raises :class:`UnknownDecision`
+        for an unknown id, :class:`LogFull` when the queue is full)."""
+        future: Future = Future()
+        op = _Op("feedback", (decision_id, float(quality), cost_usd, latency_s, time.time()), future)
+        try:
+            self._queue.put_nowait(op)
+        except queue.Full:
+            future.set_exception(LogFull("the decision log writer is behind; retry shortly"))
+        return future
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Wait until everything queued so far is committed."""
+        future: Future = Future()
+        self._queue.put(_Op("flush", (), future), timeout=timeout)
+        future.result(timeout=timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit everything queued, then stop the writer and close the file."""
+        if self._thread.is_alive():
+            self._queue.put(None, timeout=timeout)
+            self._thread.join(timeout)
+        self._conn.close()
+
+    def _put(self, op: _Op) -> bool:
+        try:
+            self._queue.put_nowait(op)
+            return True
+        except queue.Full:
+            self.n_dropped += 1
+            return False
+
+    # ------------------------------------------------------------------ the writer thread
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < self.max_group:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                group.append(op)
+            self._commit(group)
+
+    def _commit(self, group: list[_Op]) -> None:
+        conn = self._conn
+        results: list[tuple[Future, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in group:
+                if op.kind == "decision":
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})",
+                        op.args,
+                    )
+                elif op.kind == "outcome":
+                    conn.execute(
+                        f"UPDATE decisions SET {', '.join(f'{c} = ?' for c in OUTCOME_COLUMNS)} WHERE decision_id = ?",
+                        op.args,
+                    )
+                elif op.kind == "feedback":
+                    known = conn.execute(
+                        "SELECT 1 FROM decisions WHERE decision_id = ?", (op.args[0],)
+                    ).fetchone()
+                    if known is None:
+                        results.append((op.future, UnknownDecision(op.args[0])))  # type: ignore[arg-type]
+                        continue
+                    conn.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)", op.args)
+                    results.append((op.future, None))  # type: ignore[arg-type]
+                else:  # flush
+                    results.append((op.future, None))  # type: ignore[arg-type]
+            conn.execute("COMMIT")  # synchronous=FULL: the WAL is synced before this returns
+            self.n_commits += 1
+        except sqlite3.Error as err:
+            log.exception("decision log commit failed; %d operations lost", len(group))
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            results = [(op.future, err) for op in group if op.future is not None]
+        for future, error in results:
+            if error is None:
+                future.set_result(True)
+            else:
+                future.set_exception(error)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class LoggedBanditData:
+    """Logged bandit feedback from a decision log, as plain arrays (n decisions, K models).
+
+    Attributes:
+        models: (K,) the action space: model names in catalog order (the union over policy versions, in
+            order of first appearance).
+        decision_id, policy_version, prompt_sha256: (n,) str.
+        timestamp: (n,) float64, unix seconds.
+        action: (n,) int64, the logged action as an index into ``models``.
+        propensity: (n,) float64, the logging policy's probability of ``action``.
+        cost_weight, cost_scale: (n,) float64, the trade-off each decision was made for and the artifact's
+            cost normalisation (reward = quality - cost_weight * cost_usd / cost_scale).
+        scores: (n, K) float64 decision scores (NaN: excluded, or a model unknown to that policy).
+        pred_quality, pred_cost_usd: (n, K) float64, the logging policy's own predictions (a reward model
+            for doubly robust estimators; NaN for models unknown to that policy).
+        quality: (n,) float64 judged quality from feedback, NaN where none arrived.
+        has_feedback: (n,) bool.
+        cost_usd: (n,) float64 realised cost: from feedback when given, else measured from the upstream's
+            token usage, else NaN (a /v1/route decision whose caller sent no cost).
+        latency_s: (n,) float64, from feedback, else measured upstream, else NaN.
+        answered_by: (n,) str, the model that answered upstream ('' when the decision was not served here).
+        prompts: (n,) str or None when the log holds no prompt text (``--log-prompts`` off).
+        contexts: (n, d) float32 embeddings or None when the log holds none (``--log-embeddings`` off).
+    """
+
+    models: list[str]
+    decision_id: np.ndarray
+    policy_version: np.ndarray
+    prompt_sha256: np.ndarray
+    timestamp: np.ndarray
+    action: np.ndarray
+    propensity: np.ndarray
+    cost_weight: np.ndarray
+    cost_scale: np.ndarray
+    scores: np.ndarray
+    pred_quality: np.ndarray
+    pred_cost_usd: np.ndarray
+    quality: np.ndarray
+    has_feedback: np.ndarray
+    cost_usd: np.ndarray
+    latency_s: np.ndarray
+    answered_by: np.ndarray
+    prompts: np.ndarray | None
+    contexts: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.models)
+
+    def rewards(self, cost_weight: float | None = None, latency_weight: float = 0.0) -> np.ndarray:
+        """(n,) reward ``quality - w * cost_usd / cost_scale - latency_weight * latency_s`` with ``w`` the
+        logged cost weight of each decision unless given; NaN where quality (or a needed cost) is missing."""
+        w = self.cost_weight if cost_weight is None else np.full(len(self), float(cost_weight))
+        cost = np.where(w == 0.0, 0.0, self.cost_usd / self.cost_scale)
+        lat = 0.0 if latency_weight == 0.0 else latency_weight * self.latency_s
+        return self.quality - w * cost - lat
+
+    def to_obp(self, reward: np.ndarray | None = None) -> dict[str, Any]:
+        """The dictionary Open Bandit Pipeline's estimators take (rows with feedback only):
+        ``n_rounds, n_actions, action, reward, pscore, context, position`` (+ ``action_context=None``)."""
+        keep = self.has_feedback & np.isfinite(self.quality if reward is None else reward)
+        r = self.quality if reward is None else reward
+        return {
+            "n_rounds": int(keep.sum()),
+            "n_actions": self.n_actions,
+            "action": self.action[keep],
+            "reward": r[keep],
+            "pscore": self.propensity[keep],
+            "context": None if self.contexts is None else self.contexts[keep],
+            "position": np.zeros(int(keep.sum()), dtype=np.int64),
+            "action_context": None,
+        }
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per decision (per-model arrays as ``score/<model>`` ... columns)."""
+        import pandas as pd
+
+        cols: dict[str, Any] = {
+            "decision_id": self.decision_id,
+            "timestamp": self.timestamp,
+            "policy_version": self.policy_version,
+            "prompt_sha256": self.prompt_sha256,
+            "action": self.action,
+            "model": np.asarray(self.models, dtype=object)[self.action] if len(self) else [],
+            "propensity": self.propensity,
+            "cost_weight": self.cost_weight,
+            "cost_scale": self.cost_scale,
+            "quality": self.quality,
+            "has_feedback": self.has_feedback,
+            "cost_usd": self.cost_usd,
+            "latency_s": self.latency_s,
+            "answered_by": self.answered_by,
+        }
+        if self.prompts is not None:
+            cols["prompt"] = self.prompts
+        for k, m in enumerate(self.models):
+            cols[f"score/{m}"] = self.scores[:, k]
+            cols[f"pred_quality/{m}"] = self.pred_quality[:, k]
+            cols[f"pred_cost_usd/{m}"] = self.pred_cost_usd[:, k]
+        return pd.DataFrame(cols)
+
+
+def read_logged_bandit_data(
+    path: str | Path,
+    *,
+    policy_version: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    require_feedback: bool = False,
+    include_fallbacks: bool = False,
+) -> LoggedBanditData:
+    """Read a decision log back as :class:`LoggedBanditData`, oldest decision first.
+
+    Args:
+        path: the sqlite file the server wrote (``--log-db``).
+        policy_version: keep only decisions of this policy version.
+        since, until: keep decisions with ``since <= timestamp < until`` (unix seconds).
+        require_feedback: keep only decisions that have feedback.
+        include_fallbacks: keep decisions answered by another model than the logged action (an upstream
+            failure made the server fall back). Off by default: their outcome belongs to another action than
+            the one whose propensity was logged, so they would bias off-policy estimates.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no decision log there (the server's --log-db)")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        where, params = [], []
+        if policy_version is not None:
+            where.append("d.policy_version = ?")
+            params.append(policy_version)
+        if since is not None:
+            where.append("d.ts >= ?")
+            params.append(float(since))
+        if until is not None:
+            where.append("d.ts < ?")
+            params.append(float(until))
+        if require_feedback:
+            where.append("f.decision_id IS NOT NULL")
+        if not include_fallbacks:
+            where.append("(d.answered_by IS NULL OR d.answered_by = d.model)")
+        sql = (
+            "SELECT d.decision_id, d.ts, d.policy_version, d.prompt_sha256, d.models, d.model, d.propensity,"
+            " d.cost_weight, d.cost_scale, d.scores, d.pred_quality, d.pred_cost_usd, d.prompt, d.embedding,"
+            " d.answered_by, d.cost_usd, d.latency_s, f.quality, f.cost_usd, f.latency_s"
+            " FROM decisions d LEFT JOIN feedback f ON f.decision_id = d.decision_id"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY d.ts, d.rowid"
+        )
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+    models: list[str] = []
+    index: dict[str, int] = {}
+    per_row_models = []
+    for r in rows:
+        names = json.loads(r[4])
+        per_row_models.append(names)
+        for m in names:
+            if m not in index:
+                index[m] = len(models)
+                models.append(m)
+    n, k = len(rows), len(models)
+
+    def spread(values: list[float | None], names: list[str], out: np.ndarray) -> None:
+        for m, v in zip(names, values, strict=True):
+            out[index[m]] = np.nan if v is None else v
+
+    scores = np.full((n, k), np.nan)
+    pred_q = np.full((n, k), np.nan)
+    pred_c = np.full((n, k), np.nan)
+    for i, (r, names) in enumerate(zip(rows, per_row_models, strict=True)):
+        spread(json.loads(r[9]), names, scores[i])
+        spread(json.loads(r[10]), names, pred_q[i])
+        spread(json.loads(r[11]), names, pred_c[i])
+
+    def column(j: int, dtype: Any = float) -> np.ndarray:
+        return np.array([np.nan if r[j] is None else r[j] for r in rows], dtype=dtype)
+
+    fb_cost, served_cost = column(18), column(15)
+    fb_lat, served_lat = column(19), column(16)
+    prompts = None
+    if rows and all(r[12] is not None for r in rows):
+        prompts = np.array([r[12] for r in rows], dtype=object)
+    contexts = None
+    if rows and all(r[13] is not None for r in rows):
+        contexts = np.stack([np.frombuffer(r[13], dtype=np.float32) for r in rows])
+    return LoggedBanditData(
+        models=models,
+        decision_id=np.array([r[0] for r in rows], dtype=object),
+        policy_version=np.array([r[2] for r in rows], dtype=object),
+        prompt_sha256=np.array([r[3] for r in rows], dtype=object),
+        timestamp=column(1),
+        action=np.array([index[r[5]] for r in rows], dtype=np.int64),
+        propensity=column(6),
+        cost_weight=column(7),
+        cost_scale=column(8),
+        scores=scores,
+        pred_quality=pred_q,
+        pred_cost_usd=pred_c,
+        quality=column(17),
+        has_feedback=np.array([r[17] is not None for r in rows], dtype=bool),
+        cost_usd=np.where(np.isfinite(fb_cost), fb_cost, served_cost),
+        latency_s=np.where(np.isfinite(fb_lat), fb_lat, served_lat),
+        answered_by=np.array([r[14] or "" for r in rows], dtype=object),
+        prompts=prompts,
+        contexts=contexts,
+    )
+
+
+def export_logged_data(db: str | Path, out: str | Path, **filters: Any) -> Path:
+    """Write the logged bandit data of ``db`` to ``out``: ``.parquet``/``.csv`` (one row per decision, via
+    :meth:`LoggedBanditData.to_frame`) or ``.npz`` (the arrays, ``models`` included)."""
+    data = read_logged_bandit_data(db, **filters)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(out.suffixes[-1:]).lower()
+    if suffix == ".npz":
+        arrays = {
+            k: v
+            for k, v in data.__dict__.items()
+            if isinstance(v, np.ndarray)
+            and k not in ("prompts", "decision_id", "policy_version", "prompt_sha256", "answered_by")
+        }
+        for k in ("decision_id", "policy_version", "prompt_sha256", "answered_by"):
+            arrays[k] = np.asarray(getattr(data, k), dtype=str)
+        if data.prompts is not None:
+            arrays["prompts"] = np.asarray(data.prompts, dtype=str)
+        np.savez_compressed(out, models=np.asarray(data.models, dtype=str), **arrays)
+    elif suffix == ".parquet":
+        data.to_frame().to_parquet(out, index=False)
+    elif suffix == ".csv":
+        data.to_frame().to_csv(out, index=False)
+    else:
+        raise ValueError(f"{out}: unknown format {suffix!r}; expected .parquet, .csv or .npz")
+    return out

@@ -1,0 +1,158 @@
+"""What one running service holds: the router (swapped on reload), the micro-batcher, the decision log,
+the upstreams and the metrics; decisions and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from router_rl.serve.artifact import load_artifact
+from router_rl.serve.batching import MicroBatcher, Overloaded
+from router_rl.serve.decision_log import DecisionLog
+from router_rl.serve.errors import APIError
+from router_rl.serve.metrics import Metrics
+from router_rl.serve.router import Decision, Router, explore
+from router_rl.serve.settings import ServeSettings
+from router_rl.serve.upstreams import UpstreamMap
+
+log = logging.getLogger("router_rl.serve")
+
+
+@dataclass
+class Routed:
+    """A decision as the batcher returns it: with the embedding and the router that made it."""
+
+    decision: Decision
+    embedding: np.ndarray
+    router: Router
+    limits: dict[str, Any]
+
+
+@dataclass
+class Service:
+    """Everything one running app holds; ``app.state.service``."""
+
+    router: Router
+    settings: ServeSettings
+    upstreams: UpstreamMap
+    metrics: Metrics
+    decision_log: DecisionLog | None
+    artifact_source: str
+    resolve: Callable[[str], str]
+    client: httpx.AsyncClient | None = None
+    batcher: MicroBatcher | None = None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    started_at: float = field(default_factory=time.time)
+    cooldown: dict[str, float] = field(default_factory=dict)  # model -> monotonic time its 429 pause ends
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # ------------------------------------------------------------------ decisions
+    def _batch(self, payloads: list[tuple[str, dict[str, Any]]]) -> list[Routed]:
+        router = self.router  # a reload swaps self.router; a batch uses one router throughout
+        decisions, x = router.decide_requests([p for p, _ in payloads], [lim for _, lim in payloads])
+        return [Routed(d, x[i], router, payloads[i][1]) for i, d in enumerate(decisions)]
+
+    async def decide(self, prompt: str, limits: dict[str, Any]) -> Routed:
+        assert self.batcher is not None
+        t0 = time.perf_counter()
+        try:
+            routed = await self.batcher.submit((prompt, limits))
+        except Overloaded as err:
+            raise APIError(
+                503,
+                f"the router is overloaded ({err}); retry shortly",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
+        except ValueError as err:  # e.g. a candidate unknown to an artifact loaded meanwhile
+            raise APIError(400, str(err), code="invalid_candidates", param="candidates") from None
+        self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        if self.settings.explore_epsilon > 0:
+            routed.decision = explore(routed.decision, self.settings.explore_epsilon, self.rng)
+        self.metrics.decisions.labels(model=routed.decision.model).inc()
+        return routed
+
+    def log_decision(self, routed: Routed, prompt: str, endpoint: str, api_key: str) -> None:
+        if self.decision_log is None:
+            return
+        d, router = routed.decision, routed.router
+        art = router.artifact
+        models = router.models
+        cost_weight = routed.limits.get("cost_weight")
+        if cost_weight is None:
+            cost_weight = float(art.manifest.get("default_cost_weight", 0.0))
+        row = {
+            "decision_id": d.decision_id,
+            "ts": time.time(),
+            "endpoint": endpoint,
+            "policy_version": d.policy_version,
+            "models": json.dumps(models),
+            "action": models.index(d.model),
+            "model": d.model,
+            "propensity": d.propensity,
+            "scores": json.dumps([d.scores[m] for m in models]),
+            "pred_quality": json.dumps([d.estimates[m]["quality"] for m in models]),
+            "pred_cost_usd": json.dumps([d.estimates[m]["cost_usd"] for m in models]),
+            "cost_weight": float(cost_weight),
+            "cost_scale": art.cost_scale,
+            "limits": json.dumps({k: v for k, v in routed.limits.items() if v is not None}),
+            "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+            "prompt": prompt if self.settings.log_prompts else None,
+            "embedding": (
+                np.ascontiguousarray(routed.embedding, dtype=np.float32).tobytes()
+                if self.settings.log_embeddings
+                else None
+            ),
+            "api_key": api_key,
+        }
+        if not self.decision_log.log_decision(row):
+            self.metrics.log_dropped.inc()
+
+    # ------------------------------------------------------------------ reload
+    async def reload(self, source: str | None = None) -> dict[str, str]:
+        """Load ``source`` (default: the artifact the service started with), check it, and swap it in.
+
+        Requests keep flowing: batches already running finish on the old router, the next batch uses the new
+        one. The encoder stays in memory when the new artifact uses the same one.
+        """
+        async with self.reload_lock:
+            loop = asyncio.get_running_loop()
+            source = source or self.artifact_source
+            old = self.router
+            try:
+                path = await loop.run_in_executor(None, self.resolve, source)
+                artifact = await loop.run_in_executor(
+                    None, lambda: load_artifact(path, device=old.artifact.device)
+                )
+                emb = artifact.manifest["embedder"]
+                same = old.embedder.model_name == emb["id"] and old.embedder.max_seq_length == int(
+                    emb.get("max_seq_length", 256)
+                )
+                new = Router(artifact, embedder=old.embedder if same else None)
+                if not same:
+                    await loop.run_in_executor(None, new.embedder._load)
+                assert self.batcher is not None
+                await loop.run_in_executor(self.batcher.executor, new.embed, ["warm-up"])
+            except Exception as err:
+                self.metrics.reloads.labels(result="error").inc()
+                log.error("reload of %s failed: %s", source, err)
+                raise
+            self.router = new
+            self.artifact_source = source
+            self.metrics.set_policy(new.artifact.version)
+            self.metrics.reloads.labels(result="ok").inc()
+            log.info("reloaded %s: policy %s -> %s", source, old.artifact.version, new.artifact.version)
+            return {
+                "policy_version": new.artifact.version,
+                "previous": old.artifact.version,
+                "artifact": source,
+            }

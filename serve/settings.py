@@ -1,0 +1,187 @@
+"""Settings of the router service: defaults, then ``ROUTER_RL_SERVE_*`` environment variables, then flags.
+
+Every field of :class:`ServeSettings` has an environment variable ``ROUTER_RL_SERVE_<FIELD>`` (upper case)
+and a flag ``--<field-with-dashes>`` in ``router-rl serve``. API keys come as ``name:token`` pairs separated by
+commas (``ROUTER_RL_SERVE_API_KEYS=team-a:sk-a,team-b:sk-b``), or one per line in ``--api-keys-file``; the
+name labels spend and decisions, the token is what clients send as ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ROUTER_RL_SERVE_"
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value, named with where it came from."""
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+    """A settings field with its one-line doc (shown by ``router-rl serve --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServeSettings:
+    """What ``router-rl serve`` runs with. Defaults are safe for a single host behind a gateway."""
+
+    host: str = opt("127.0.0.1", "interface to bind; 127.0.0.1 keeps the service on this machine")
+    port: int = opt(8080, "TCP port")
+    device: str = opt("auto", "auto (cuda when present), cpu or cuda")
+    torch_threads: int = opt(
+        0, "torch CPU threads for decisions; 0 = one core less than the machine has (min 1)"
+    )
+    upstream: str | None = opt(None, "one OpenAI-compatible base URL for every model (typically the gateway)")
+    upstream_api_key_env: str = opt("ROUTER_RL_UPSTREAM_API_KEY", "env var holding the key for --upstream")
+    upstreams: str | None = opt(None, "YAML/JSON file mapping models to base URLs, names and key env vars")
+    upstream_timeout_s: float = opt(
+        60.0, "read timeout of an upstream call (time to headers / between chunks)"
+    )
+    upstream_connect_timeout_s: float = opt(5.0, "connect timeout of an upstream call")
+    upstream_max_connections: int = opt(256, "pooled connections to upstreams, all together")
+    max_attempts: int = opt(3, "models tried per chat request: the choice, then the next best on failure")
+    stream_usage: bool = opt(True, "ask upstreams for token usage in streams, so streamed spend is counted")
+    api_keys: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "name -> bearer token; empty: no authentication"}
+    )
+    admin_token: str | None = opt(None, "bearer token for POST /admin/reload; unset: the endpoint is off")
+    max_body_bytes: int = opt(1_000_000, "larger request bodies get 413")
+    max_prompt_chars: int = opt(32_000, "longer prompts (the routed text) get 400")
+    max_messages: int = opt(1_000, "chat requests with more messages get 400")
+    batch_max_size: int = opt(64, "most requests per micro-batch (one encoder + head pass)")
+    batch_max_wait_ms: float = opt(2.0, "how long a batch's first request waits for company")
+    max_queue: int = opt(2_048, "requests waiting for a decision before new ones get 503")
+    log_db: str | None = opt("router-rl-decisions.sqlite", 'decision log (sqlite, WAL); "" or none: no log')
+    log_prompts: bool = opt(False, "store prompt text in the decision log (else only its sha256)")
+    log_embeddings: bool = opt(False, "store the prompt embedding in the decision log (contexts for OPE)")
+    explore_epsilon: float = opt(
+        0.0, "epsilon-greedy exploration for logged data; 0 = the policy's greedy choice"
+    )
+    seed: int = opt(0, "seeds the exploration draws")
+    graceful_timeout_s: float = opt(30.0, "on SIGTERM, time given to in-flight requests before closing")
+    log_level: str = opt("info", "uvicorn log level")
+
+    @property
+    def key_names(self) -> dict[str, str]:
+        """token -> name, for authentication."""
+        return {token: name for name, token in self.api_keys.items()}
+
+    def resolved_torch_threads(self) -> int:
+        """The torch thread count to use: the setting, or one core less than the machine has (the event
+        loop needs one), at least 1. More threads than free cores makes torch's CPU kernels spin and stall."""
+        if self.torch_threads > 0:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 2) - 1)
+
+    def replace(self, **changes: Any) -> ServeSettings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> ServeSettings:
+        def bad(name: str, expected: str) -> SettingsError:
+            return SettingsError(f"setting {name}={getattr(self, name)!r}: expected {expected}")
+
+        if not 0 <= self.port <= 65535:
+            raise bad("port", "0..65535")
+        for name in ("upstream_timeout_s", "upstream_connect_timeout_s", "graceful_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "a number of seconds > 0")
+        for name in (
+            "upstream_max_connections",
+            "max_attempts",
+            "max_body_bytes",
+            "max_prompt_chars",
+            "max_messages",
+            "batch_max_size",
+            "max_queue",
+        ):
+            if getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        if self.batch_max_wait_ms < 0:
+            raise bad("batch_max_wait_ms", "milliseconds >= 0")
+        if self.torch_threads < 0:
+            raise bad("torch_threads", "an integer >= 0 (0: automatic)")
+        if not 0.0 <= self.explore_epsilon <= 1.0:
+            raise bad("explore_epsilon", "a probability in [0, 1]")
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
+            raise bad("upstream", "an http:// or https:// base URL such as http://127.0.0.1:4000/v1")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise bad("device", "auto, cpu, cuda or cuda:N")
+        return self
+
+
+def _parse_bool(text: str, where: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{where}={text!r}: expected true or false")
+
+
+def parse_api_keys(text: str, where: str) -> dict[str, str]:
+    """``name:token,name2:token2`` (or one pair per line) -> {name: token}; a bare token gets a name from its hash."""
+    keys: dict[str, str] = {}
+    for raw in text.replace("\n", ",").split(","):
+        item = raw.strip()
+        if not item or item.startswith("#"):
+            continue
+        name, sep, token = item.partition(":")
+        if not sep:
+            name, token = "key-" + hashlib.sha256(item.encode()).hexdigest()[:8], item
+        name, token = name.strip(), token.strip()
+        if not name or not token:
+            raise SettingsError(f"{where}: {item!r} is not name:token")
+        if name in keys:
+            raise SettingsError(f"{where}: key name {name!r} appears twice")
+        keys[name] = token
+    return keys
+
+
+def read_api_keys_file(path: str | Path) -> dict[str, str]:
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"{p}: API keys file not found (expected lines of name:token)")
+    return parse_api_keys(p.read_text(), str(p))
+
+
+def from_env(environ: Mapping[str, str] | None = None, base: ServeSettings | None = None) -> ServeSettings:
+    """``base`` (or the defaults) with every ``ROUTER_RL_SERVE_*`` variable applied, typed like its field."""
+    env = os.environ if environ is None else environ
+    settings = base or ServeSettings()
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(ServeSettings):
+        var = ENV_PREFIX + f.name.upper()
+        if var not in env:
+            continue
+        text = env[var]
+        changes[f.name] = convert(f.name, text, var)
+    return settings.replace(**changes)
+
+
+def convert(name: str, text: str, where: str) -> Any:
+    """The typed value of field ``name`` from its text form."""
+    default = getattr(ServeSettings(), name)
+    if name == "api_keys":
+        return parse_api_keys(text, where)
+    if isinstance(default, bool):
+        return _parse_bool(text, where)
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{where}={text!r}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{where}={text!r}: expected a number") from None
+    if name in ("log_db", "upstream", "upstreams", "admin_token") and text.strip().lower() in ("", "none"):
+        return None
+    return text
