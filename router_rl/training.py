@@ -498,7 +498,10 @@ def run_comparison(
                     from router_rl.registry import register_artifact
 
                     register_artifact(
-                        artifact, cfg.registry.name, run_id=tracker.run_id, tracking_uri=cfg.mlflow.tracking_uri
+                        artifact,
+                        cfg.registry.name,
+                        run_id=tracker.run_id,
+                        tracking_uri=cfg.mlflow.tracking_uri,
                     )
 
         metrics_out = report_metrics(report)
