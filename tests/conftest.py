@@ -24,8 +24,12 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cli(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """``router-rl ARGS`` in a subprocess, as a user runs it."""
-    full_env = {**os.environ, **(env or {})}
+    """``router-rl ARGS`` in a subprocess, as a user runs it: MLflow's default store is ``cwd/mlflow.db``
+    (``mlflow.set_tracking_uri`` in an earlier in-process test exports MLFLOW_TRACKING_URI; not inherited)."""
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
+    full_env = {**inherited, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "router_rl.cli", *args],
         cwd=cwd,
