@@ -9,9 +9,15 @@ The catalog's ``ttft_s`` and ``output_tokens_per_s`` are ASSUMED priors (typical
 guesses), not measurements: latencies sampled from them are a simulation, good for shaping a latency
 trade-off, not for claims about real serving latency. Where the data has a measured ``latency_s`` for a
 (prompt, model) pair, the environment uses that value instead of sampling.
+
+The fuller model of :mod:`router_rl.envs.simulator` builds on the pieces here: heavy-tailed noise
+(:func:`heavy_tail_noise`), priors fitted from measured latencies where the data has them
+(:func:`fit_latency_priors`) and a per-model answer-length distribution (:func:`fit_output_lengths`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -119,9 +125,140 @@ def fill_output_tokens(output_tokens: np.ndarray, default: float = DEFAULT_OUTPU
     return np.where(missing, per_model[None, :], tokens)
 
 
-def expected_latency(data: RoutingData, sigma: float) -> np.ndarray:
-    """(N, K) mean latency the simulator gives each (prompt, model): the measured ``latency_s`` where the data
-    has it, else ``(ttft + output_tokens / tokens_per_s) * exp(sigma^2 / 2)`` (the log-normal noise's mean)."""
-    ttft, tps = fill_latency_priors(data.catalog.ttft_s, data.catalog.output_tokens_per_s)
-    base = (ttft + fill_output_tokens(data.output_tokens) / tps) * np.exp(sigma**2 / 2)
-    return np.where(np.isnan(data.latency_s), base, data.latency_s)
+def expected_latency(
+    data: RoutingData,
+    sigma: float,
+    *,
+    tail_prob: float = 0.0,
+    tail_alpha: float = 2.5,
+    rtt_s: float | np.ndarray = 0.0,
+    priors: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N, K) mean latency the simulator gives each (prompt, model) at no load.
+
+    The measured ``latency_s`` where the data has it, else
+    ``(ttft + output_tokens / tokens_per_s) * noise_mean(sigma, tail_prob, tail_alpha) + rtt_s`` (the network
+    round trip, a scalar or (K,) per model; a measured latency already includes the network). With the keyword
+    defaults this is the v0 model:
+    ``(ttft + output_tokens / tokens_per_s) * exp(sigma^2 / 2)``. Queueing and provider load add to it; they
+    depend on the traffic, so no closed form is given here.
+
+    Args:
+        data: the dataset.
+        sigma: log-normal body of the noise.
+        tail_prob, tail_alpha: the heavy tail of :func:`heavy_tail_noise`.
+        rtt_s: network round trip in seconds, a scalar or (K,).
+        priors: ``(ttft_s, tokens_per_s)`` (K,) to use instead of the catalog's (e.g. from
+            :func:`fit_latency_priors`); NaN entries get the defaults.
+    """
+    ttft, tps = priors if priors is not None else (data.catalog.ttft_s, data.catalog.output_tokens_per_s)
+    ttft, tps = fill_latency_priors(ttft, tps)
+    base = (ttft + fill_output_tokens(data.output_tokens) / tps) * noise_mean(sigma, tail_prob, tail_alpha)
+    rtt = np.broadcast_to(np.asarray(rtt_s, dtype=np.float64), (data.n_models,))
+    return np.where(np.isnan(data.latency_s), base + rtt[None, :], data.latency_s)
+
+
+# ---------------------------------------------------------------------- heavy-tailed noise
+def heavy_tail_noise(
+    rng: np.random.Generator, sigma: float, tail_prob: float, tail_alpha: float, size: int | tuple = ()
+) -> np.ndarray:
+    """Multiplicative latency noise: ``LogNormal(0, sigma) * T`` with ``T = 1 + Lomax(tail_alpha)`` with
+    probability ``tail_prob`` and ``T = 1`` otherwise.
+
+    The log-normal body has median 1; the tail (a Pareto type I factor with scale 1 and shape ``tail_alpha``)
+    models the stragglers of hosted APIs: with ``tail_alpha = 2.5`` one request in ``1 / tail_prob`` takes
+    1.67 times as long on average and some take many times as long. With ``tail_prob = 0`` this draws exactly
+    what :func:`sample_latency` draws (one standard log-normal per element), so the v0 stream is unchanged.
+    """
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"latency sigma must be a finite number >= 0, got {sigma}")
+    noise = rng.lognormal(mean=0.0, sigma=sigma, size=size)
+    if tail_prob > 0:
+        hit = rng.random(size) < tail_prob
+        noise = noise * np.where(hit, 1.0 + rng.pareto(tail_alpha, size), 1.0)
+    return noise
+
+
+def noise_mean(sigma: float, tail_prob: float = 0.0, tail_alpha: float = 2.5) -> float:
+    """Mean of :func:`heavy_tail_noise`: ``exp(sigma^2 / 2) * (1 + tail_prob / (tail_alpha - 1))``."""
+    if tail_prob > 0 and not tail_alpha > 1:
+        raise ValueError(f"tail_alpha must be > 1 for the noise to have a mean, got {tail_alpha}")
+    return float(np.exp(sigma**2 / 2) * (1.0 + (tail_prob / (tail_alpha - 1) if tail_prob > 0 else 0.0)))
+
+
+# ---------------------------------------------------------------------- fitting to measured data
+@dataclass(frozen=True)
+class LatencyPriors:
+    """Per-model latency parameters and where each came from.
+
+    Attributes:
+        ttft_s: (K,) time to first token (seconds).
+        tokens_per_s: (K,) decode speed.
+        source: (K,) ``"fit"`` (least squares on the data's measured ``latency_s``), ``"catalog"`` (the
+            catalog's ASSUMED priors) or ``"default"`` (:data:`DEFAULT_TTFT_S`, :data:`DEFAULT_OUTPUT_TOKENS_PER_S`).
+    """
+
+    ttft_s: np.ndarray
+    tokens_per_s: np.ndarray
+    source: tuple[str, ...]
+
+
+def fit_latency_priors(data: RoutingData, *, min_points: int = 10) -> LatencyPriors:
+    """Latency priors fitted from the measured ``latency_s`` where a model has enough measurements.
+
+    For a model with at least ``min_points`` measured (latency, output tokens) pairs, ordinary least squares of
+    ``latency_s = ttft_s + output_tokens / tokens_per_s`` (intercept clipped at 0, slope at least
+    1e-4 s/token); every other model keeps the catalog's prior (an assumption) or the default.
+    """
+    ttft_cat, tps_cat = (
+        np.asarray(data.catalog.ttft_s, float),
+        np.asarray(data.catalog.output_tokens_per_s, float),
+    )
+    ttft, tps = fill_latency_priors(ttft_cat, tps_cat)
+    source = [
+        "catalog" if np.isfinite(a) and np.isfinite(b) else "default"
+        for a, b in zip(ttft_cat, tps_cat, strict=True)
+    ]
+    for k in range(data.n_models):
+        lat, tok = data.latency_s[:, k], data.output_tokens[:, k]
+        ok = np.isfinite(lat) & np.isfinite(tok)
+        if ok.sum() < min_points or np.ptp(tok[ok]) == 0:
+            continue
+        slope, intercept = np.polyfit(tok[ok], lat[ok], 1)
+        slope = max(float(slope), 1e-4)
+        intercept = max(float(np.mean(lat[ok] - slope * tok[ok])), 0.0)
+        ttft[k], tps[k], source[k] = intercept, 1.0 / slope, "fit"
+    return LatencyPriors(ttft_s=ttft, tokens_per_s=tps, source=tuple(source))
+
+
+@dataclass(frozen=True)
+class OutputLengths:
+    """Per-model log-normal distribution of answer lengths: ``log(max(tokens, 1)) ~ N(mu, sigma^2)``."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    def sample(self, rng: np.random.Generator, model: int) -> float:
+        return float(np.exp(rng.normal(self.mu[model], self.sigma[model])))
+
+
+def fit_output_lengths(output_tokens: np.ndarray, default: float = DEFAULT_OUTPUT_TOKENS) -> OutputLengths:
+    """Fit :class:`OutputLengths` per model to the recorded (N, K) ``output_tokens``.
+
+    A model with fewer than two recorded lengths gets the pooled fit of all models; data without any recorded
+    length gets ``log(default)`` with sigma 0.5 (an assumption).
+    """
+    tokens = np.asarray(output_tokens, dtype=np.float64)
+    logs = np.log(np.maximum(tokens, 1.0))
+    ok = np.isfinite(logs)
+    if ok.sum() >= 2:
+        pooled_mu, pooled_sigma = float(logs[ok].mean()), float(logs[ok].std())
+    else:
+        pooled_mu, pooled_sigma = float(np.log(default)), 0.5
+    mu = np.full(tokens.shape[1], pooled_mu)
+    sigma = np.full(tokens.shape[1], pooled_sigma)
+    for k in range(tokens.shape[1]):
+        col = logs[ok[:, k], k]
+        if col.size >= 2:
+            mu[k], sigma[k] = col.mean(), col.std()
+    return OutputLengths(mu=mu, sigma=sigma)

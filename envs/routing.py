@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from router_rl.envs.latency import fill_latency_priors, fill_output_tokens, sample_latency
+from router_rl.envs.latency import expected_latency, fill_latency_priors, fill_output_tokens, sample_latency
 from router_rl.reward import default_cost_scale, reward
 from router_rl.types import RoutingData
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from router_rl.envs.traffic import Request, Traffic
+
 INFO_KEYS = ("prompt_index", "model", "quality", "cost_usd", "cost", "latency_s")
 """The keys of the ``info`` returned by :meth:`RoutingEnv.step`: the chosen model's outcome only."""
+SIM_INFO_KEYS = ("step", "served_by", "status", "first_status", "wait_s")
+"""Further ``info`` keys of a simulated env (``simulator``, ``tiers`` or ``scenario`` given); with tiers also
+``tier``, ``latency_budget_s``, ``sla_violated``, ``sla_penalty``; with several caller regions ``region``."""
 
 
 class RoutingEnv(gym.Env[np.ndarray, np.int64]):
@@ -30,6 +38,14 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     for the (prompt, model) pair, and is otherwise sampled from the catalog's latency priors with
     :func:`router_rl.envs.latency.sample_latency`; those priors are assumptions, not measurements.
 
+    With ``simulator``, ``tiers`` or ``scenario`` (all None by default, which is exactly v0) the env is
+    *simulated*: each request also gets a latency-budget tier and a caller region (both in the observation),
+    latency follows :mod:`router_rl.envs.simulator` (network round trip, time to first token, decoding,
+    heavy-tailed noise, provider load, the caller's concurrency limit and queue, 429s, timeouts and the
+    fallback's extra cost and delay), and the scenario changes prices, quality and availability over the
+    request stream. Requests keep their order across episodes: the queues and the scenario's clock run on
+    until a seeded ``reset``.
+
     ## Action Space
 
     ``Discrete(K)``: the index of a model in ``env.models`` (the dataset's model order).
@@ -37,6 +53,8 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     ## Observation Space
 
     ``Box(-1, 1, (d,), float32)``: the prompt's L2-normalised sentence embedding (clipped to [-1, 1]).
+    A simulated env appends ``env.context_dim`` one-hot features: the request's tier (when ``tiers`` is set),
+    then its caller region (when the simulator's ``caller_mix`` has more than one region).
 
     ## Rewards
 
@@ -45,6 +63,9 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     ``prompt_index`` (row of the dataset), ``model`` (name), ``quality``, ``cost_usd``, ``cost``
     (``cost_usd / cost_scale``) and ``latency_s``. ``reset`` returns ``info = {"prompt_index": row}``.
     Nothing in ``info`` depends on the wall clock, so two runs with the same seed give the same infos.
+    A simulated env subtracts the tier's ``penalty`` when the latency exceeds the tier's budget and adds
+    :data:`SIM_INFO_KEYS` (and the tier's) to ``info``; its ``reset`` info adds ``step`` (and ``tier``,
+    ``region``).
 
     ## Episode End
 
@@ -66,6 +87,13 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     - ``shuffle``: ``True`` draws each prompt uniformly from ``rows`` with ``np_random``; ``False`` cycles
       through ``rows`` in order (evaluation), restarting at the first row whenever ``reset`` gets a seed.
 
+    - ``simulator``: options of :func:`router_rl.envs.simulator.parse_simulator` (keys of
+      :data:`router_rl.envs.simulator.DEFAULTS`), e.g. ``{"tail_prob": 0.05, "concurrency": 8}``.
+    - ``tiers``: ``"default"`` or ``{name: {budget_s, share, penalty}}`` (:mod:`router_rl.envs.tiers`).
+    - ``scenario``: a list of drift events (:mod:`router_rl.envs.scenarios`).
+    - ``clock_offset``, ``clock_stride``: this env's requests have indices ``offset + stride * n``
+      (:func:`make_vector_env` sets them so that indices count the decisions of the whole vector env).
+
     ``reset(options={"row": i})`` forces prompt row ``i`` (which must be one of ``rows``).
 
     ```python
@@ -79,7 +107,12 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version; later gained the keyword arguments ``simulator``, ``tiers``, ``scenario``,
+      ``clock_offset`` and ``clock_stride``, whose defaults keep v0's behaviour exactly.
+    ``router_rl/SimulatedRouting-v0`` registers this class with the simulator on by default (heavy tails,
+    three caller regions, provider load, concurrency limits with a queue, fallback to the cheapest model) and
+    the default tiers. (A separate name, not ``Routing-v1``, so that making ``Routing-v0`` raises no
+    "out of date" warning.)
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -96,6 +129,11 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         latency_sigma: float = 0.25,
         shuffle: bool = True,
         render_mode: str | None = None,
+        simulator: Mapping[str, Any] | None = None,
+        tiers: str | Mapping[str, Any] | None = None,
+        scenario: Sequence[Mapping[str, Any]] | None = None,
+        clock_offset: int = 0,
+        clock_stride: int = 1,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"RoutingEnv does not render; got render_mode={render_mode!r}, expected None")
@@ -133,8 +171,24 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         self._ttft_s, self._tokens_per_s = fill_latency_priors(catalog.ttft_s, catalog.output_tokens_per_s)
         self._output_tokens = fill_output_tokens(data.output_tokens)
 
+        self._traffic: Traffic | None = None
+        if simulator is not None or tiers is not None or scenario is not None:
+            from router_rl.envs.traffic import Traffic
+
+            self._traffic = Traffic(
+                data,
+                simulator=simulator,
+                tiers=tiers,
+                scenario=scenario,
+                latency_sigma=self._latency_sigma,
+                clock_offset=clock_offset,
+                clock_stride=clock_stride,
+            )
+        self._request: Request | None = None
+
         self.action_space = spaces.Discrete(len(self._models))
-        self.observation_space = spaces.Box(-1.0, 1.0, shape=(self._embeddings.shape[1],), dtype=np.float32)
+        dim = self._embeddings.shape[1] + self.context_dim
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(dim,), dtype=np.float32)
 
         self._cursor = 0
         self._row: int | None = None
@@ -169,6 +223,40 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         """(n_prompts,) the dataset row indices this env samples from (a copy)."""
         return self._rows.copy()
 
+    @property
+    def traffic(self) -> Traffic | None:
+        """The request stream of a simulated env (its ``scenario``, ``config``, ``sim``), else None."""
+        return self._traffic
+
+    @property
+    def context_dim(self) -> int:
+        """Features appended to the embedding in the observation (0 for v0)."""
+        return 0 if self._traffic is None else self._traffic.context_dim
+
+    def expected_outcomes(self, step: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, K) expected ``(quality, cost_usd, latency_s)`` of every (prompt, model) at request ``step``.
+
+        v0: the recorded quality and cost and :func:`router_rl.envs.latency.expected_latency`. Simulated:
+        :meth:`router_rl.envs.simulator.RequestSimulator.expected` (the scenario's regime at ``step``, base
+        provider load, no queueing, no tier penalty).
+        """
+        if self._traffic is None:
+            return self._data.quality, self._data.cost_usd, expected_latency(self._data, self._latency_sigma)
+        return self._traffic.sim.expected(step)
+
+    def expected_rewards(self, step: int = 0) -> np.ndarray:
+        """(N, K) expected reward of every (prompt, model) under this env's weights (see
+        :meth:`expected_outcomes`); the per-row maximum is the benchmark of pseudo-regret."""
+        q, c, lat = self.expected_outcomes(step)
+        return reward(
+            q,
+            c,
+            lat,
+            cost_weight=self._cost_weight,
+            cost_scale=self._cost_scale,
+            latency_weight=self._latency_weight,
+        )
+
     # ------------------------------------------------------------------ gymnasium API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -176,6 +264,8 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         super().reset(seed=seed)
         if seed is not None:
             self._cursor = 0
+            if self._traffic is not None:
+                self._traffic.reset()
         options = options or {}
         unknown = set(options) - {"row"}
         if unknown:
@@ -196,7 +286,20 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             self._cursor += 1
         self._row = row
         self._done = False
-        return self._embeddings[row].copy(), {"prompt_index": row}
+        if self._traffic is None:
+            return self._embeddings[row].copy(), {"prompt_index": row}
+        self._request = self._traffic.next_request(self.np_random)
+        info: dict[str, Any] = {"prompt_index": row, "step": self._request.step}
+        if self._traffic.n_tiers:
+            info["tier"] = self._traffic.tiers.names[self._request.tier]
+        if self._traffic.n_regions:
+            info["region"] = self._traffic.config.regions[self._request.region]
+        return self._observation(row), info
+
+    def _observation(self, row: int) -> np.ndarray:
+        if self._traffic is None or not self._traffic.context_dim:
+            return self._embeddings[row].copy()
+        return np.concatenate([self._embeddings[row], self._traffic.context(self._request)])
 
     def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._row is None:
@@ -211,6 +314,8 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
                 f"indexing the models {list(self._models)}"
             )
         a, row = int(action), self._row
+        if self._traffic is not None:
+            return self._simulated_step(a, row)
         quality = float(self._data.quality[row, a])
         cost_usd = float(self._data.cost_usd[row, a])
         latency_s = float(self._data.latency_s[row, a])
@@ -245,6 +350,31 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         }
         return self._embeddings[row].copy(), r, True, False, info
 
+    def _simulated_step(self, a: int, row: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        served, violated = self._traffic.serve(self.np_random, row, a, self._request)
+        extra = self._traffic.info(self._request, served, violated)
+        r = float(
+            reward(
+                served.quality,
+                served.cost_usd,
+                served.latency_s,
+                cost_weight=self._cost_weight,
+                cost_scale=self._cost_scale,
+                latency_weight=self._latency_weight,
+            )
+        ) - float(extra.get("sla_penalty", 0.0))
+        self._done = True
+        info = {
+            "prompt_index": row,
+            "model": self._models[a],
+            "quality": served.quality,
+            "cost_usd": served.cost_usd,
+            "cost": served.cost_usd / self._cost_scale,
+            "latency_s": served.latency_s,
+            **extra,
+        }
+        return self._observation(row), r, True, False, info
+
 
 def make_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVectorEnv:
     """``num_envs`` :class:`RoutingEnv` copies in a ``SyncVectorEnv`` with ``AutoresetMode.SAME_STEP``.
@@ -257,7 +387,9 @@ def make_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVectorEnv:
     :func:`step_outcomes` extracts the outcome arrays.
 
     ``vec_env.reset(seed=s)`` seeds sub-env ``i`` with ``s + i`` (Gymnasium's rule), so the sub-envs draw
-    different prompts. The dataset and embeddings are shared, not copied. With ``shuffle=False`` every
+    different prompts. Sub-env ``i`` gets ``clock_offset=i, clock_stride=num_envs``, so the request indices of
+    a simulated env's scenario count the decisions of the whole vector env. The dataset and embeddings are
+    shared, not copied. With ``shuffle=False`` every
     sub-env cycles through the same ``rows``; for evaluation give each its own rows or use a single env.
 
     Args:
@@ -266,11 +398,14 @@ def make_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVectorEnv:
     """
     if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    if "clock_offset" in kwargs or "clock_stride" in kwargs:
+        raise ValueError("make_vector_env sets clock_offset and clock_stride itself; do not pass them")
     if "embeddings" in kwargs:
         # Convert once so the sub-envs share one read-only array instead of each holding a copy.
         kwargs["embeddings"] = _as_observations(kwargs["embeddings"])
+    n = int(num_envs)
     return gym.vector.SyncVectorEnv(
-        [lambda: RoutingEnv(**kwargs) for _ in range(int(num_envs))],
+        [lambda i=i: RoutingEnv(**kwargs, clock_offset=i, clock_stride=n) for i in range(n)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 

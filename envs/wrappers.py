@@ -17,6 +17,7 @@ recorded value in ``info["true_quality"]``; their randomness comes from a genera
 from __future__ import annotations
 
 import fnmatch
+import functools
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -387,8 +388,9 @@ def make_feedback_vector_env(
     if source == "noisy" or any(noise.get(k) for k in ("noise_std", "bias", "model_bias")):
         layers.append(lambda env: NoisyJudge(env, seed=seed, **noise))
 
-    def build() -> gym.Env:
-        env: gym.Env = RoutingEnv(**kwargs)
+    def build(index: int) -> gym.Env:
+        # one clock for the whole vector env: scenario timing counts every sub-env's requests
+        env: gym.Env = RoutingEnv(**kwargs, clock_offset=index, clock_stride=int(num_envs))
         for layer in layers:
             env = layer(env)
         return env
@@ -396,5 +398,6 @@ def make_feedback_vector_env(
     if "embeddings" in kwargs:  # convert once: the sub-envs then share one array instead of each copying
         kwargs["embeddings"] = np.asarray(kwargs["embeddings"], dtype=np.float32)
     return gym.vector.SyncVectorEnv(
-        [build for _ in range(int(num_envs))], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [functools.partial(build, i) for i in range(int(num_envs))],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )

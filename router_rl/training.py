@@ -26,7 +26,7 @@ from router_rl.policies.base import Policy, greedy_probs, sample_actions
 from router_rl.policies.oracle import Oracle
 from router_rl.policies.random import RandomPolicy
 from router_rl.policies.zero_router import ZeroRouter
-from router_rl.reward import default_cost_scale, reward
+from router_rl.reward import default_cost_scale
 from router_rl.tracking import Tracker, flatten
 from router_rl.types import RoutingData
 
@@ -134,11 +134,9 @@ def learn(
     noisy judge or a reward model (:func:`router_rl.envs.wrappers.make_feedback_vector_env`).
     """
     from router_rl.envs import step_outcomes
-    from router_rl.envs.latency import expected_latency
     from router_rl.envs.wrappers import make_feedback_vector_env
 
     env_options = dict(env_options or {})
-    latency_sigma = float(env_options.get("latency_sigma", 0.25))
     envs = make_feedback_vector_env(
         batch_size,
         judge=judge,
@@ -151,14 +149,10 @@ def learn(
         **env_options,
     )
     rng = np.random.default_rng(seed)
-    expected = reward(
-        data.quality,
-        data.cost_usd,
-        expected_latency(data, latency_sigma),
-        cost_weight=cost_weight,
-        cost_scale=cost_scale,
-        latency_weight=latency_weight,
-    )
+    # the simulator's own expected rewards, one table per regime of a drift scenario (change points)
+    truth = envs.envs[0].unwrapped
+    points = truth.traffic.scenario.change_points() if truth.traffic is not None else []
+    regimes = [truth.expected_rewards(s) for s in [0, *points]]
     obs, _ = envs.reset(seed=seed)
     done, total_reward, total_regret, n_batches = 0, 0.0, 0.0, max(1, steps // batch_size)
     curve: dict[str, list[float]] = {"steps": [], "cumulative_regret": [], "reward_mean": []}
@@ -169,7 +163,12 @@ def learn(
         out = step_outcomes(infos)
         policy.update(obs, actions, out["quality"], out["cost"], out["latency_s"])
         rows_seen = out["prompt_index"].astype(int)
-        regret = expected[rows_seen].max(axis=1) - expected[rows_seen, actions]
+        if points:
+            regime = np.searchsorted(points, infos["final_info"]["step"], side="right")
+            exp = np.stack([regimes[r][p] for r, p in zip(regime, rows_seen, strict=True)])
+        else:
+            exp = regimes[0][rows_seen]
+        regret = exp.max(axis=1) - exp[np.arange(len(actions)), actions]
         total_reward += float(rewards.sum())
         total_regret += float(regret.sum())
         done += len(actions)

@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -93,25 +94,90 @@ def rollout(env: RoutingEnv, seed: int, actions: np.ndarray) -> list[tuple]:
 
 # ---------------------------------------------------------------------- registration and the env checker
 def test_env_ids_are_namespaced_and_versioned():
-    assert ENV_IDS == ("router_rl/Routing-v0",)
+    assert ENV_IDS == (
+        "router_rl/Routing-v0",
+        "router_rl/SimulatedRouting-v0",
+        "router_rl/BudgetedRouting-v0",
+    )
     for env_id in ENV_IDS:
         spec = gym.spec(env_id)
         assert spec.namespace == "router_rl" and spec.version == 0
-        assert isinstance(spec.entry_point, str)
+        assert isinstance(spec.entry_point, str) and isinstance(spec.vector_entry_point, str)
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+SCENARIO = [
+    {"kind": "price_cut", "model": "large", "at": 3, "factor": 0.5},
+    {"kind": "outage", "model": "medium", "at": 2, "until": 6},
+    {"kind": "new_model", "model": "small", "at": 4},
+]
+CHECK_KWARGS = {
+    # Extra keyword arguments per registered id, on top of the fixture's data and embeddings; every id is
+    # checked with {} (its registered defaults) and with each of these.
+    "router_rl/Routing-v0": {
+        "weighted": {"cost_weight": 1.0, "latency_weight": 0.1},
+        "cycling": {"shuffle": False},
+        "drift": {"scenario": SCENARIO},
+        "tiers": {"tiers": "default", "latency_weight": 0.05},
+    },
+    "router_rl/SimulatedRouting-v0": {
+        "weighted": {"cost_weight": 1.0, "latency_weight": 0.1},
+        "drift": {"scenario": SCENARIO},
+        "no-tiers": {"tiers": None},
+    },
+    "router_rl/BudgetedRouting-v0": {
+        "soft": {"budget_mode": "soft", "n_requests": 5},
+        "tight": {"budget_share": 0.01, "n_requests": 8, "tiers": "default", "latency_slo_s": 5.0},
+        "drift": {"scenario": SCENARIO, "simulator": {"caller_mix": [0.5, 0.5, 0.0]}},
+    },
+}
+CHECK_CASES = [(i, "default", {}) for i in ENV_IDS] + [
+    (i, name, kw) for i in ENV_IDS for name, kw in CHECK_KWARGS.get(i, {}).items()
+]
+
+
 @pytest.mark.parametrize(
-    "kwargs",
-    [{}, {"cost_weight": 1.0, "latency_weight": 0.1}, {"shuffle": False}],
-    ids=["default", "weighted", "cycling"],
+    ("env_id", "case", "kwargs"), CHECK_CASES, ids=[f"{i}-{c}" for i, c, _ in CHECK_CASES]
 )
-def test_check_env(env_id, kwargs, data, embeddings):
+def test_check_env(env_id, case, kwargs, data, embeddings):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         env = gym.make(env_id, data=data, embeddings=embeddings, **kwargs)
         check_env(env.unwrapped)
         env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_every_id_is_deterministic_under_a_seed(env_id, data, embeddings):
+    def run(seed: int) -> list:
+        env = gym.make(env_id, data=data, embeddings=embeddings).unwrapped
+        out = [env.reset(seed=seed)]
+        actions = np.random.default_rng(3).integers(0, len(MODELS), size=60)
+        for a in actions:
+            step = env.step(a)
+            out.append(step)
+            if step[2]:
+                out.append(env.reset())
+        return out
+
+    first, second, other = run(11), run(11), run(12)
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert gym.utils.env_checker.data_equivalence(a, b, exact=True)
+    assert not all(gym.utils.env_checker.data_equivalence(a, b) for a, b in zip(first, other, strict=False))
+
+
+def test_new_keyword_defaults_reproduce_v0(data, embeddings):
+    """simulator/tiers/scenario=None and any clock are exactly v0: same observations, rewards and infos."""
+    actions = np.random.default_rng(1).integers(0, len(MODELS), size=50)
+    kwargs = {"data": data, "embeddings": embeddings, "cost_weight": 0.7, "latency_weight": 0.05}
+    plain = rollout(RoutingEnv(**kwargs), 5, actions)
+    explicit = rollout(
+        RoutingEnv(**kwargs, simulator=None, tiers=None, scenario=None, clock_offset=3, clock_stride=4),
+        5,
+        actions,
+    )
+    for a, b in zip(plain, explicit, strict=True):
+        assert gym.utils.env_checker.data_equivalence(a, b, exact=True)
 
 
 def test_reimport_does_not_reregister():
@@ -383,3 +449,45 @@ def test_fill_latency_priors_and_output_tokens():
     np.testing.assert_array_equal(
         fill_output_tokens(np.full((2, 2), np.nan), default=7.0), np.full((2, 2), 7.0)
     )
+
+
+# ---------------------------------------------------------------------- the env config group
+def test_every_env_config_builds_its_env_on_the_bundled_data():
+    """Each configs/env option, as `router-rl train` passes it (every key but `id` as an env argument), builds
+    a valid env on the bundled arena data and its scenario events name real models."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import router_rl.configs
+    from router_rl.data import load_bundled
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arena = load_bundled("arena")
+    arena = arena.take(arena.complete_rows())
+    emb = np.random.default_rng(0).normal(size=(arena.n_prompts, 4)).astype(np.float32) / 4
+    root = Path(router_rl.configs.__file__).parent / "env"
+    options = sorted(p.stem for p in root.glob("*.yaml"))
+    assert {
+        "routing",
+        "simulated",
+        "drift_price_cut",
+        "drift_quality_drop",
+        "drift_outage",
+        "drift_new_model",
+    } <= set(options)
+    for option in options:
+        with initialize_config_module(config_module="router_rl.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"env={option}"])
+        kwargs = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "id"}
+        env = gym.make(cfg.env.id, data=arena, embeddings=emb, **kwargs).unwrapped
+        assert env.observation_space.shape == (4,), (
+            option
+        )  # router-rl train's policies see the embedding only
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_env(env)
+        envs = make_vector_env(2, data=arena, embeddings=emb, **kwargs)
+        envs.reset(seed=0)
+        envs.step(np.array([0, 1]))
+        envs.close()
