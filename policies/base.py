@@ -86,3 +86,55 @@ def check_batch(policy: Policy, x: np.ndarray, actions: np.ndarray, *arrays: np.
                 f"{policy.name}: feedback arrays must be ({len(actions)},), got {np.asarray(arr).shape}"
             )
     return actions.astype(np.int64)
+
+
+def check_model_change(policy: Any, name: str, *, adding: bool) -> int:
+    """Validate ``add_model(name)`` / ``remove_model(name)`` on ``policy``; returns the arm index.
+
+    Adding: ``name`` must be a new, non-empty string (returns the index it will get). Removing: ``name`` must be
+    one of the policy's models and at least one model must remain.
+    """
+    models = list(policy.models)
+    if adding:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{policy.name}: a model name must be a non-empty string, got {name!r}")
+        if name in models:
+            raise ValueError(f"{policy.name}: model {name!r} is already one of the arms {models}")
+        return len(models)
+    if name not in models:
+        raise ValueError(f"{policy.name}: cannot remove unknown model {name!r}; the arms are {models}")
+    if len(models) == 1:
+        raise ValueError(f"{policy.name}: cannot remove {name!r}, the only model left")
+    return models.index(name)
+
+
+def offline_start(
+    policy: Any,
+    x: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    latency: np.ndarray,
+    *,
+    warm_start_weight: float = 0.0,
+) -> str:
+    """Give ``policy`` the full-information rows it takes before (or instead of) the bandit loop.
+
+    Args:
+        x: (N, d) training contexts; quality, cost (cost_usd / cost_scale), latency: (N, K) outcome tables.
+        warm_start_weight: > 0 gives a bandit a supervised prior (PILOT-style warm start) with this weight.
+    Returns:
+        ``"fit"``: a supervised router (``policy.supervised``) was fitted; skip the bandit loop for it.
+        ``"warm_start"``: a bandit got pseudo-observations (``warm_start``) or was pre-fitted (``fit``);
+        run the bandit loop next. ``"none"``: nothing done; run the bandit loop.
+    """
+    if getattr(policy, "supervised", False):
+        policy.fit(x, quality, cost, latency)
+        return "fit"
+    if warm_start_weight > 0:
+        if hasattr(policy, "warm_start"):
+            policy.warm_start(x, quality, cost, latency, weight=warm_start_weight)
+            return "warm_start"
+        if hasattr(policy, "fit"):
+            policy.fit(x, quality, cost, latency)
+            return "warm_start"
+    return "none"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from router_rl.policies.base import check_batch, greedy_probs
+from router_rl.policies.base import check_batch, check_model_change, greedy_probs
 
 
 class ZeroRouter:
@@ -57,6 +57,19 @@ class ZeroRouter:
         np.add.at(self.counts, actions, 1.0)
         for row, values in enumerate((quality, cost, latency)):
             np.add.at(self.sums[row], actions, np.asarray(values, dtype=np.float64))
+
+    def add_model(self, name: str) -> None:
+        """Append model ``name`` untried (tried first while exploring); the others keep their means."""
+        check_model_change(self, name, adding=True)
+        self.models.append(name)
+        self.counts = np.append(self.counts, 0.0)
+        self.sums = np.concatenate([self.sums, np.zeros((3, 1))], axis=1)
+
+    def remove_model(self, name: str) -> None:
+        """Drop model ``name`` and its means."""
+        k = check_model_change(self, name, adding=False)
+        self.models.pop(k)
+        self.counts, self.sums = np.delete(self.counts, k), np.delete(self.sums, k, axis=1)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts.copy(), "sums": self.sums.copy()}

@@ -6,23 +6,44 @@ import numpy as np
 import pytest
 
 from router_rl.policies.base import Policy, greedy_probs, sample_actions
+from router_rl.policies.eps_greedy import EpsilonGreedy
+from router_rl.policies.knn import KNNRouter
 from router_rl.policies.linucb import LinUCB, ucb_bonus, woodbury_update
+from router_rl.policies.mlp import MLPRouter
+from router_rl.policies.neural_ts import NeuralLinearTS
 from router_rl.policies.oracle import Oracle
 from router_rl.policies.random import RandomPolicy
+from router_rl.policies.routellm_mf import RouteLLMMF
 from router_rl.policies.single import SingleModel
+from router_rl.policies.thompson import LinTS
 from router_rl.policies.zero_router import ZeroRouter
 
 MODELS = ["cheap", "mid", "frontier"]
 DIM = 6
+LEARNERS = ("linucb", "zero_router", "eps_greedy", "lin_ts", "neural_ts", "mlp", "knn", "vw")
 
 
 def make_policies() -> list[Policy]:
-    return [
+    policies = [
         LinUCB(MODELS, DIM, alpha=0.5, ridge=1.0),
         RandomPolicy(MODELS, DIM),
         SingleModel(MODELS, "mid", DIM),
         ZeroRouter(MODELS, DIM, epsilon=0.2),
+        EpsilonGreedy(MODELS, DIM, epsilon=0.2, decay=0.01),
+        LinTS(MODELS, DIM, scale=0.5),
+        LinTS(MODELS, DIM, scale=0.5, propensity="mc", n_draws=200),
+        NeuralLinearTS(MODELS, DIM, hidden=[8, 4], epochs=2, train_every=8, device="cpu"),
+        MLPRouter(MODELS, DIM, hidden=[8], epochs=2, train_every=8, device="cpu"),
+        KNNRouter(MODELS, DIM, k=3),
+        RouteLLMMF(MODELS, DIM, rank=4, epochs=2, device="cpu"),
     ]
+    try:  # optional peer
+        from router_rl.policies.vw import VWPolicy
+
+        policies.append(VWPolicy(MODELS, DIM, cost_weights=[0.0, 1.0]))
+    except ImportError:
+        pass
+    return policies
 
 
 def contexts(n: int, seed: int = 0) -> np.ndarray:
@@ -48,9 +69,7 @@ def test_protocol(policy: Policy) -> None:
     np.testing.assert_allclose(clone.probs(x, cost_weight=0.7), policy.probs(x, cost_weight=0.7))
 
 
-@pytest.mark.parametrize(
-    "policy", [p for p in make_policies() if p.name in ("linucb", "zero_router")], ids=lambda p: p.name
-)
+@pytest.mark.parametrize("policy", [p for p in make_policies() if p.name in LEARNERS], ids=lambda p: p.name)
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
