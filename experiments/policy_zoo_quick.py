@@ -17,7 +17,11 @@ Usage (each run is ``policy[:mode][,key=value...]``; values are YAML):
     python experiments/policy_zoo_quick.py --runs lin_ts linucb:warm,warm_weight=0.5 knn:supervised,k=10
     python experiments/policy_zoo_quick.py --data routellm --steps 20000
 
-Writes ``experiments/results/policy_zoo_quick_<data>.json`` (the report) and prints the summary table.
+    python experiments/policy_zoo_quick.py --seeds 0 1 2                     # mean and sd over seeds
+
+Writes ``experiments/results/policy_zoo_quick_<data>.json`` (every seed's report and the per-seed headline
+figures) and prints each seed's summary table, then a markdown table of mean ± sd over seeds. The seed drives
+the fold assignment, the exploration and the initialisations.
 """
 
 from __future__ import annotations
@@ -71,28 +75,19 @@ def parse_run(spec: str) -> tuple[str, str, dict]:
     return name, mode or ("supervised" if name in ("knn", "mlp", "routellm_mf") else "bandit"), overrides
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="arena")
-    ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS)
-    ap.add_argument("--steps", type=int, default=None, help="bandit steps per fold (default: train.steps)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", default="/tmp/rrl-cache")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-
-    warnings.filterwarnings("ignore")
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    """One cross-fitted comparison of ``args.runs`` with ``seed`` (splits, exploration, initialisations)."""
     with initialize_config_module(config_module="router_rl.configs", version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=[f"data={args.data}", f"seed={args.seed}", f"embedder.cache_dir={args.cache_dir}"],
+            overrides=[f"data={args.data}", f"seed={seed}", f"embedder.cache_dir={args.cache_dir}"],
         )
         policy_cfgs = {}
         for spec in args.runs:
             name = parse_run(spec)[0]
             if name not in policy_cfgs:
                 policy_cfgs[name] = compose(
-                    config_name="train", overrides=[f"policy={name}", f"seed={args.seed}"]
+                    config_name="train", overrides=[f"policy={name}", f"seed={seed}"]
                 ).policy
 
     data = load_data(cfg.data)
@@ -127,17 +122,17 @@ def main() -> None:
             if mode in ("supervised", "warm"):
                 offline_start(policy, *full, warm_start_weight=warm_weight)
             if mode in ("bandit", "warm"):
-                learn(policy, data, embeddings, train, seed=args.seed * 1000 + fold, **env_kw)
+                learn(policy, data, embeddings, train, seed=seed * 1000 + fold, **env_kw)
             for w in weights:
                 routers[label][w].append(
                     policy.probs(embeddings[test], cost_weight=w, latency_weight=env_kw["latency_weight"])
                 )
         seconds[label] = time.perf_counter() - t0
-        print(f"[zoo] {label}: {seconds[label]:.1f}s", flush=True)
+        print(f"[zoo] seed {seed} {label}: {seconds[label]:.1f}s", flush=True)
 
     test_rows = np.concatenate([t for _, t in plan])
     oracle = Oracle(data.quality, data.cost_usd, cost_scale)
-    report = build_report(
+    return build_report(
         data,
         test_rows,
         {n: {w: np.concatenate(p) for w, p in by_w.items()} for n, by_w in routers.items()},
@@ -145,12 +140,62 @@ def main() -> None:
         split=split_label,
         cost_scale=cost_scale,
         oracle_probs={w: oracle.probs(test_rows, cost_weight=w) for w in weights},
-        extra={"steps": steps, "seed": args.seed, "seconds": seconds, "runs": args.runs},
+        extra={"steps": steps, "seed": seed, "seconds": seconds, "runs": args.runs},
     )
+
+
+def spread_table(reports: list[dict]) -> tuple[str, dict]:
+    """Mean and sample sd over seeds of every policy's AIQ and headline costs (never reached = inf)."""
+    rows, summary = [], {}
+    names = list(reports[0]["policies"])
+    for name in [*names, "zero router (hull)"]:
+        if name == "zero router (hull)":
+            aiq = np.array([r["zero_router"]["aiq"] for r in reports])
+            c95 = c97 = np.full(len(reports), np.nan)
+        else:
+            aiq = np.array([r["policies"][name]["aiq"] for r in reports])
+            c95 = np.array([r["policies"][name]["cost_fraction_at_95"] for r in reports], dtype=float)
+            c97 = np.array([r["policies"][name]["cost_fraction_at_97"] for r in reports], dtype=float)
+        summary[name] = {
+            "aiq": aiq.tolist(),
+            "cost_fraction_at_95": c95.tolist(),
+            "cost_fraction_at_97": c97.tolist(),
+        }
+
+        def fmt(v: np.ndarray, pct: bool) -> str:
+            if np.isnan(v).all():
+                return ""
+            if not np.isfinite(v).all():
+                return f"never ({int((~np.isfinite(v)).sum())}/{len(v)})"
+            sd = v.std(ddof=1) if len(v) > 1 else 0.0
+            return f"{100 * v.mean():.1f}% ± {100 * sd:.1f}" if pct else f"{v.mean():.4f} ± {sd:.4f}"
+
+        rows.append(f"| {name} | {fmt(aiq, False)} | {fmt(c95, True)} | {fmt(c97, True)} |")
+    header = "| policy | AIQ (mean ± sd) | cost@95% | cost@97% |\n|---|---|---|---|"
+    return header + "\n" + "\n".join(rows), summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="arena")
+    ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS)
+    ap.add_argument("--steps", type=int, default=None, help="bandit steps per fold (default: train.steps)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="one cross-fitted comparison per seed")
+    ap.add_argument("--cache-dir", default="/tmp/rrl-cache")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+
+    reports = []
+    for seed in args.seeds:
+        reports.append(run_seed(args, seed))
+        print(summary_table(reports[-1]), flush=True)
+    table, summary = spread_table(reports)
     out = Path(args.out or Path(__file__).parent / "results" / f"policy_zoo_quick_{args.data}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(summary_table(report))
+    out.write_text(json.dumps({"seeds": args.seeds, "summary": summary, "reports": reports}, indent=2))
+    print(f"\n{reports[0]['dataset']}, {reports[0]['scheme']}, seeds {args.seeds} (AIQ vs the same max cost)")
+    print(table)
     print(f"[zoo] report: {out}")
 
 

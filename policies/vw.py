@@ -32,7 +32,7 @@ import numpy as np
 
 from router_rl.policies.base import check_batch, check_model_change
 
-DEFAULT_ARGS = "--cb_explore_adf --epsilon 0.05 -q sa"
+DEFAULT_ARGS = "--cb_explore_adf --squarecb -q sa --power_t 0 -l 0.05"
 
 
 def import_vw() -> Any:

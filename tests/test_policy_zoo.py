@@ -355,7 +355,8 @@ def test_vw_learns_with_cost_convention_and_returns_its_pmf() -> None:
     pytest.importorskip("vowpalwabbit", reason="optional peer: pip install vowpalwabbit")
     from router_rl.policies.vw import VWPolicy
 
-    policy = VWPolicy(["bad", "good_if_pos", "good_if_neg"], DIM, cost_weights=[0.0, 1.0], seed=0)
+    args = "--cb_explore_adf --epsilon 0.05 -q sa"
+    policy = VWPolicy(["bad", "good_if_pos", "good_if_neg"], DIM, args=args, cost_weights=[0.0, 1.0], seed=0)
     rng = np.random.default_rng(0)
     for _ in range(40):
         x = unit(32, int(rng.integers(1 << 30)))
@@ -393,3 +394,26 @@ def test_offline_start_fits_supervised_routers_and_warm_starts_bandits() -> None
         offline_start(neural, x, q, c, lat, warm_start_weight=1.0) == "warm_start" and neural.n_trainings == 1
     )
     assert offline_start(zero, x, q, c, lat, warm_start_weight=1.0) == "none"
+
+
+@pytest.mark.parametrize("name", ["eps_greedy", "lin_ts", "neural_ts", "mlp", "knn", "routellm_mf", "vw"])
+def test_checkpoint_round_trip_through_safetensors(name: str, tmp_path) -> None:
+    """Every policy's state survives the checkpoint files (dtypes, empty buffers, VW's model bytes)."""
+    from router_rl.export import load_checkpoint, write_checkpoint
+
+    if name == "vw":
+        pytest.importorskip("vowpalwabbit", reason="optional peer: pip install vowpalwabbit")
+        from router_rl.policies.vw import VWPolicy
+
+        make = lambda: VWPolicy(MODELS, DIM, cost_weights=[0.0, 1.0])  # noqa: E731
+    else:
+        make = {
+            "routellm_mf": lambda: RouteLLMMF(MODELS, DIM, rank=4, epochs=2, device="cpu"),
+            **CATALOG_LEARNERS,
+        }[name]
+    x = clustered(20, 6)[0]
+    for i, policy in enumerate((make(), trained(make))):  # untrained (empty buffers) and trained
+        write_checkpoint(tmp_path / str(i), policy, {"dataset": "synthetic"})
+        clone, meta = load_checkpoint(tmp_path / str(i))
+        assert meta["dataset"] == "synthetic" and clone.models == policy.models
+        np.testing.assert_allclose(clone.probs(x, cost_weight=0.3), policy.probs(x, cost_weight=0.3))
