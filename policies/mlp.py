@@ -218,7 +218,7 @@ class MLPRouter:
 
     def _relayout(self, keep: np.ndarray, n_new: int) -> None:
         k = len(self.models)
-        tm.resize_output(self.net, keep, n_new, k, seed=self.seed)
+        tm.resize_output(self.net, keep, n_new, k)
         mean = tm.relayout_columns(self.col_mean, keep, n_new, k, np.nan).reshape(tm.HEADS, -1)
         self.col_mean = np.where(np.isnan(mean), np.nanmean(mean, axis=1, keepdims=True), mean).ravel()
         sd = tm.relayout_columns(self.col_sd, keep, n_new, k, np.nan).reshape(tm.HEADS, -1)

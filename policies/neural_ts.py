@@ -57,7 +57,7 @@ class NeuralLinearTS(MLPRouter):
         models: list[str],
         dim: int,
         hidden: list[int] | tuple[int, ...] = (128,),
-        scale: float = 0.3,
+        scale: float = 1.0,
         ridge: float = 1.0,
         bias_ridge: float = 0.01,
         head_mean: str = "network",

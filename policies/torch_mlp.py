@@ -156,7 +156,7 @@ def load_module_arrays(net: Any, state: dict[str, np.ndarray], prefix: str, *, o
     net.load_state_dict(new)
 
 
-def resize_output(net: Any, keep: np.ndarray, n_new: int, n_models: int, *, seed: int) -> None:
+def resize_output(net: Any, keep: np.ndarray, n_new: int, n_models: int) -> None:
     """Re-lay the head-major output layer of ``net`` when models change.
 
     Args:

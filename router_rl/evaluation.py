@@ -45,6 +45,7 @@ def build_report(
     cost_scale: float,
     oracle_probs: dict[float, np.ndarray] | None = None,
     extra: dict[str, Any] | None = None,
+    max_cost: float | None = None,
 ) -> dict[str, Any]:
     """The ``report.json`` contents for routers evaluated on ``rows`` of ``data``.
 
@@ -56,13 +57,15 @@ def build_report(
         split: which split the figures are on.
         cost_scale: dollars per unit of cost weight.
         oracle_probs: cost weight -> (N, K) oracle choices, for the oracle's own frontier.
+        max_cost: the comparison's largest cost when it spans more than these routers (e.g. several seeds);
+            the largest cost of these points is used when it is larger.
     """
     quality, cost = data.quality[rows], data.cost_usd[rows]
     single_costs, single_quals = metrics.single_model_points(quality, cost)
     oracle_cost, oracle_quality = metrics.oracle_point(quality, cost)
     policies = {name: {"points": frontier(pw, quality, cost)} for name, pw in routers.items()}
     all_costs = [*single_costs.tolist(), *(p["cost_usd"] for r in policies.values() for p in r["points"])]
-    max_cost = float(max(all_costs))
+    max_cost = float(max(all_costs) if max_cost is None else max(max(all_costs), max_cost))
     best = metrics.best_single_model(single_costs, single_quals)
     for entry in policies.values():
         c = np.array([p["cost_usd"] for p in entry["points"]])

@@ -204,8 +204,8 @@ def policy_label(cfg_policy: DictConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------ experiment
-PolicyFactory = Callable[[list[str], int], Policy]
-"""Builds a fresh policy for the data's models and embedding dimension."""
+PolicyFactory = Callable[[list[str], int, int], Policy]
+"""Builds a fresh policy for the data's models, embedding dimension and run seed (``${seed}`` in its config)."""
 
 
 @dataclass
@@ -326,7 +326,7 @@ def cross_fit(
     for fold, (train_rows, test_rows) in enumerate(setup.plan):
         for name, factory in learners.items():
             on_log = _fold_logger(tracker, fold) if name == log_name else None
-            policy = factory(list(setup.data.models), int(setup.embeddings.shape[1]))
+            policy = factory(list(setup.data.models), int(setup.embeddings.shape[1]), seed)
             stats[name].append(
                 fit_policy(
                     policy, setup, train_rows, cfg=cfg, seed=seed * 1000 + fold, progress=bar, on_log=on_log
@@ -417,8 +417,21 @@ def run_comparison(
         oracle = Oracle(data.quality, data.cost_usd, setup.cost_scale)
         oracle_probs = {w: oracle.probs(setup.test_rows, cost_weight=w) for w in setup.weights}
         fixed = {name: artifact_probs(setup, path, cfg) for name, path in (artifacts or {}).items()}
-        reports, all_stats, final = [], {}, None
+        per_seed, all_stats, final = [], {}, None
         t0 = time.perf_counter()
+
+        def report_of(probs: dict[str, dict[float, np.ndarray]], max_cost: float | None) -> dict[str, Any]:
+            return build_report(
+                data,
+                setup.test_rows,
+                {**probs, **fixed},
+                scheme=setup.scheme,
+                split=setup.split_label,
+                cost_scale=setup.cost_scale,
+                oracle_probs=oracle_probs,
+                max_cost=max_cost,
+            )
+
         with tqdm(total=n_fits * bandit_steps, desc=command, unit="step", dynamic_ncols=True) as bar:
             for seed in seeds:
                 probs, stats, last = cross_fit(
@@ -426,22 +439,12 @@ def run_comparison(
                     log_name=main_name if seed == seeds[0] else None,
                 )  # fmt: skip
                 all_stats = all_stats or stats
-                reports.append(
-                    build_report(
-                        data,
-                        setup.test_rows,
-                        {**probs, **fixed},
-                        scheme=setup.scheme,
-                        split=setup.split_label,
-                        cost_scale=setup.cost_scale,
-                        oracle_probs=oracle_probs,
-                    )  # fmt: skip
-                )
+                per_seed.append(probs)
             if export_from is not None:
                 if setup.scheme.startswith(
                     "kfold"
                 ):  # every prompt was a test prompt once: the export sees all
-                    final = export_from(list(data.models), int(setup.embeddings.shape[1]))
+                    final = export_from(list(data.models), int(setup.embeddings.shape[1]), seeds[0])
                     fit_policy(
                         final,
                         setup,
@@ -453,7 +456,13 @@ def run_comparison(
                 else:
                     final = last[main_name]
         train_seconds = time.perf_counter() - t0
-
+        # one comparison over all seeds: AIQ integrates every seed's points up to the same largest cost
+        reports = [report_of(p, None) for p in per_seed]
+        largest = max(r["max_cost_usd"] for r in reports)
+        reports = [
+            r if r["max_cost_usd"] == largest else report_of(p, largest)
+            for r, p in zip(reports, per_seed, strict=True)
+        ]
         report = aggregate_reports(reports, seeds)
         report.update(
             {
@@ -556,12 +565,12 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"evaluation.baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
 
-    def main_factory(models: list[str], dim: int) -> Policy:
-        return make_policy(cfg.policy, models, dim)
+    def main_factory(models: list[str], dim: int, seed: int) -> Policy:
+        return make_policy(_with_seed(cfg, seed).policy, models, dim)
 
     learners: dict[str, PolicyFactory] = {main_name: main_factory}
     for b in baselines:
-        learners[b] = lambda models, dim, cls=BASELINES[b]: cls(models=models, dim=dim)
+        learners[b] = lambda models, dim, seed, cls=BASELINES[b]: cls(models=models, dim=dim)
     return run_comparison(
         cfg, output_dir, command="train", learners=learners, main_name=main_name, seeds=[int(cfg.seed)],
         export_from=main_factory,
@@ -572,8 +581,16 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """``router-rl eval``: several policies (trained per fold) and exported artifacts compared over seeds."""
     learners: dict[str, PolicyFactory] = {}
     for option in cfg.policies:
-        pcfg = policy_option(str(option), cfg.get("policy_params", {}).get(str(option)), root=cfg)
-        learners[policy_label(pcfg)] = lambda models, dim, pcfg=pcfg: make_policy(pcfg, models, dim)
+        params = cfg.get("policy_params", {}).get(str(option))
+        label = policy_label(policy_option(str(option), params, root=cfg))
+
+        def factory(
+            models: list[str], dim: int, seed: int, option: str = str(option), params=params
+        ) -> Policy:
+            # resolved per run seed, so a seeded policy (MLP init, TS draws) varies with evaluation.seeds
+            return make_policy(policy_option(option, params, root=_with_seed(cfg, seed)), models, dim)
+
+        learners[label] = factory
     artifacts = {Path(str(p)).name or str(p): str(p) for p in cfg.get("artifacts", [])}
     if not learners and not artifacts:
         raise ValueError("eval: nothing to compare; set policies=[...] and/or artifacts=[...]")
@@ -610,6 +627,15 @@ def policy_option(option: str, overrides: Any = None, *, root: DictConfig | None
     holder = OmegaConf.create(OmegaConf.to_container(root, resolve=False))
     holder.policy = cfg
     return holder.policy
+
+
+def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+    """``cfg`` with its top-level ``seed`` set to ``seed`` (interpolations follow); ``cfg`` itself unchanged."""
+    if "seed" not in cfg or int(cfg.seed) == int(seed):
+        return cfg
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    out.seed = int(seed)
+    return out
 
 
 def _mean_stats(stats: list[dict[str, Any]]) -> dict[str, float]:

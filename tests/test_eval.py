@@ -15,14 +15,17 @@ from router_rl.evaluation import aggregate_reports, to_json
 def test_eval_compares_policies_and_an_artifact_over_seeds(debug_run: dict, tmp_path: Path) -> None:
     artifact = debug_run["out"] / "artifact"
     proc = run_cli(
-        ["eval", "debug=default", "policies=[linucb,zero_router]", "evaluation.seeds=[0,1]",
+        ["eval", "debug=default", "policies=[linucb,mlp,zero_router]", "evaluation.seeds=[0,1]",
          f"artifacts=[{artifact}]", "hydra.run.dir=out"],
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["seeds"] == [0, 1]
-    assert set(report["policies"]) == {"linucb", "zero_router", "artifact"}
+    assert set(report["policies"]) == {"linucb", "mlp", "zero_router", "artifact"}
+    # a seeded policy follows the run seed (its config's ${seed}): the MLP's init differs between seeds
+    mlp = report["policies"]["mlp"]["aiq_per_seed"]
+    assert mlp[0] != mlp[1]
     lin = report["policies"]["linucb"]
     assert len(lin["aiq_per_seed"]) == 2 and lin["aiq"] == pytest.approx(np.mean(lin["aiq_per_seed"]))
     assert lin["aiq_std"] is None or lin["aiq_std"] >= 0

@@ -417,3 +417,13 @@ def test_checkpoint_round_trip_through_safetensors(name: str, tmp_path) -> None:
         clone, meta = load_checkpoint(tmp_path / str(i))
         assert meta["dataset"] == "synthetic" and clone.models == policy.models
         np.testing.assert_allclose(clone.probs(x, cost_weight=0.3), policy.probs(x, cost_weight=0.3))
+
+
+def test_vw_missing_gives_an_install_hint(monkeypatch) -> None:
+    import sys
+
+    from router_rl.policies import vw
+
+    monkeypatch.setitem(sys.modules, "vowpalwabbit", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install vowpalwabbit"):
+        vw.VWPolicy(MODELS, DIM)
