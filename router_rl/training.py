@@ -189,16 +189,33 @@ def learn(
     }
 
 
+EXPERIMENT_KEYS = ("label", "warm_start")
+"""Keys of a policy config read by the experiment, not passed to the policy's constructor."""
+
+
 def make_policy(cfg_policy: DictConfig, models: list[str], dim: int) -> Policy:
+    """Instantiate ``cfg_policy`` for ``models``; a ``warm_start`` block is kept on the policy as
+    ``warm_start_spec`` for :func:`fit_policy`."""
     from hydra.utils import instantiate
 
-    return instantiate(cfg_policy, models=list(models), dim=int(dim), _convert_="all")
+    spec = cfg_policy.get("warm_start")
+    kwargs = {k: v for k, v in cfg_policy.items() if k not in EXPERIMENT_KEYS}
+    policy = instantiate(OmegaConf.create(kwargs), models=list(models), dim=int(dim), _convert_="all")
+    if spec is not None and float(spec.get("fraction", 0.0)) > 0:
+        if not callable(getattr(policy, "warm_start", None)):
+            raise ValueError(
+                f"policy {policy_label(cfg_policy)}: warm_start is set but the policy has no warm_start"
+            )
+        policy.warm_start_spec = {"fraction": float(spec.fraction), "weight": float(spec.get("weight", 1.0))}
+    return policy
 
 
 def policy_label(cfg_policy: DictConfig) -> str:
-    """The policy's report name: its class's ``name`` (``linucb``, ``zero_router``...)."""
+    """The policy's report name: its config's ``label`` if set, else its class's ``name`` (``linucb``...)."""
     from hydra.utils import get_class
 
+    if cfg_policy.get("label"):
+        return str(cfg_policy.label)
     cls = get_class(cfg_policy._target_)
     return str(getattr(cls, "name", cls.__name__.lower()))
 
@@ -277,17 +294,33 @@ def fit_policy(
     on_log: Any = None,
 ) -> dict[str, Any]:
     """Train ``policy`` on prompt ``rows``: from bandit feedback in the simulator (:func:`learn`), or, for a
-    supervised router (a policy with ``fit``), from the full outcome table of those rows."""
-    if callable(getattr(policy, "fit", None)):
-        from router_rl.envs.latency import expected_latency
+    supervised router (a policy with ``fit``), from the full outcome table of those rows. A policy with a
+    ``warm_start_spec`` (its config's ``warm_start`` block) first takes a seeded share of ``rows`` with full
+    outcomes as its prior, then learns from bandit feedback on all of ``rows``."""
+    from router_rl.envs.latency import expected_latency
 
-        d = setup.data
+    d = setup.data
+    spec = getattr(policy, "warm_start_spec", None)
+    supervised = callable(getattr(policy, "fit", None))
+    if supervised or spec:
         latency = expected_latency(d, float(setup.env_options.get("latency_sigma", 0.25)))
+    if supervised:
         policy.fit(
             setup.embeddings[rows], d.quality[rows], d.cost_usd[rows] / setup.cost_scale, latency[rows]
         )
         return {"steps": 0, "full_information": 1.0}
-    return learn(
+    warm = 0
+    if spec:  # PILOT-style prior: a share of the training prompts come with every model's outcome
+        warm = min(len(rows), max(1, round(spec["fraction"] * len(rows))))
+        labelled = np.sort(np.random.default_rng([seed, 7]).choice(rows, size=warm, replace=False))
+        policy.warm_start(
+            setup.embeddings[labelled],
+            d.quality[labelled],
+            d.cost_usd[labelled] / setup.cost_scale,
+            latency[labelled],
+            weight=spec["weight"],
+        )
+    stats = learn(
         policy,
         setup.data,
         setup.embeddings,
@@ -304,6 +337,7 @@ def fit_policy(
         on_log=on_log,
         log_every=int(cfg.train.log_every),
     )
+    return {**stats, "warm_start_prompts": float(warm)} if spec else stats
 
 
 def cross_fit(

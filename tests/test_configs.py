@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 
 import router_rl.configs
+from router_rl.training import make_policy
 
 CONFIG_ROOT = Path(router_rl.configs.__file__).parent
 GROUPS = sorted(p.name for p in CONFIG_ROOT.iterdir() if p.is_dir() and not p.name.startswith("__"))
@@ -39,7 +39,7 @@ def test_compose_every_option(group: str, option: str) -> None:
     cfg = compose_train(overrides)
     assert cfg.seed == 0
     if group == "policy":
-        policy = instantiate(cfg.policy, models=["a", "b"], dim=4)
+        policy = make_policy(cfg.policy, ["a", "b"], 4)  # experiment keys (label, warm_start) stay out
         probs = policy.probs([[0.0, 0.1, 0.2, 0.3]], cost_weight=0.1)
         assert probs.shape == (1, 2)
 
