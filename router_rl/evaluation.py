@@ -8,6 +8,7 @@ adds the single models, the oracle, the zero router and AIQ against the largest 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,12 @@ def build_report(
     }
     if data.n_models == 2:
         report["two_model"] = two_model_report(routers, policies, single_quals, best)
+        groups = None if data.groups is None else benchmark_of(np.asarray(data.groups)[rows])
+        if groups is not None and len(set(groups.tolist())) > 1:
+            report["two_model"]["by_group"] = {
+                str(g): _group_two_model(routers, groups == g, quality, cost, best)
+                for g in sorted(set(groups.tolist()))
+            }
     if oracle_probs is not None:
         report["oracle"]["points"] = frontier(oracle_probs, quality, cost)
     if extra:
@@ -126,6 +133,42 @@ def two_model_report(
             for w, sh, g in zip(weights, shares, pgr(quals, q_weak, q_strong), strict=True)
         ]
         out["routers"][name] = entry
+    return out
+
+
+def benchmark_of(groups: np.ndarray) -> np.ndarray:
+    """The benchmark of each ``source_benchmark`` label: its first two ``/``-separated parts
+    (``routellm/mmlu/anatomy`` -> ``routellm/mmlu``; ``coding`` stays ``coding``)."""
+    return np.array(["/".join(str(g).split("/")[:2]) for g in groups], dtype=object)
+
+
+def _group_two_model(
+    routers: dict[str, dict[float, np.ndarray]],
+    mask: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    strong: int,
+) -> dict[str, Any]:
+    """:func:`two_model_report` on the prompts of one group (e.g. one source benchmark), with the same strong
+    model as the whole data; ``n_prompts`` added."""
+    sub = {name: {w: p[mask] for w, p in by_w.items()} for name, by_w in routers.items()}
+    points = {name: {"points": frontier(by_w, quality[mask], cost[mask])} for name, by_w in sub.items()}
+    _, quals = metrics.single_model_points(quality[mask], cost[mask])
+    return {"n_prompts": int(mask.sum()), **two_model_report(sub, points, quals, strong)}
+
+
+def _aggregate_two_model(parts: list[dict[str, Any]], spread: Callable[..., None]) -> dict[str, Any]:
+    out = dict(parts[0])
+    out["routers"] = {}
+    for name, first in parts[0]["routers"].items():
+        entry = {"points": first["points"]}
+        for key in ("apgr", "cpt50", "cpt80"):
+            spread(entry, key, [p["routers"][name][key] for p in parts])
+        out["routers"][name] = entry
+    if "by_group" in parts[0]:
+        out["by_group"] = {
+            g: _aggregate_two_model([p["by_group"][g] for p in parts], spread) for g in parts[0]["by_group"]
+        }
     return out
 
 
@@ -166,14 +209,7 @@ def aggregate_reports(reports: list[dict[str, Any]], seeds: list[int]) -> dict[s
         policies[name] = entry
     base["policies"] = policies
     if "two_model" in base:
-        two = dict(base["two_model"])
-        two["routers"] = {}
-        for name, first in base["two_model"]["routers"].items():
-            entry = {"points": first["points"]}
-            for key in ("apgr", "cpt50", "cpt80"):
-                spread(entry, key, [r["two_model"]["routers"][name][key] for r in reports])
-            two["routers"][name] = entry
-        base["two_model"] = two
+        base["two_model"] = _aggregate_two_model([r["two_model"] for r in reports], spread)
     return base
 
 

@@ -582,6 +582,9 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
             out[f"eval/{name}/cost_usd/cw_{p['cost_weight']:g}"] = p["cost_usd"]
     for name, entry in report.get("two_model", {}).get("routers", {}).items():
         out.update({f"eval/{name}/{k}": entry[k] for k in ("apgr", "cpt50", "cpt80")})
+    for group, two in report.get("two_model", {}).get("by_group", {}).items():
+        for name, entry in two.get("routers", {}).items():
+            out.update({f"eval/{name}/{group}/{k}": entry[k] for k in ("apgr", "cpt50", "cpt80")})
     out["eval/zero_router_hull/aiq"] = report["zero_router"]["aiq"]
     out["eval/oracle/quality"] = report["oracle"]["quality"]
     out["eval/oracle/cost_usd"] = report["oracle"]["cost_usd"]
