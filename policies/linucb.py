@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from router_rl.policies.base import greedy_probs
+from router_rl.policies.bonus import certified_greedy
 from router_rl.policies.ridge import HEADS, RidgeArms, add_bias, posterior_width, woodbury_update
 
 __all__ = ["HEADS", "LinUCB", "add_bias", "ucb_bonus", "woodbury_update"]
@@ -59,17 +60,25 @@ class LinUCB(RidgeArms):
     def scores(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
     ) -> np.ndarray:
-        """(B, K) decision scores (with the exploration bonus when ``explore``)."""
+        """(B, K) decision scores (with the exploration bonus when ``explore``), in float64."""
         s = self.mean_scores(x, cost_weight=cost_weight, latency_weight=latency_weight)
         if explore and self.alpha > 0:
-            s = s + self.alpha * ucb_bonus(add_bias(x), self.a_inv)
+            s = s + self.alpha * self.widths(add_bias(x))[0]
         return s
 
     def probs(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
     ) -> np.ndarray:
+        """Greedy on :meth:`scores`. While exploring, the bonus is computed in float32 with error bounds and
+        the rows whose best model the bounds cannot certify are recomputed in float64, so the decisions are
+        those of the float64 formula (:func:`router_rl.policies.bonus.certified_greedy`)."""
+        mean = self.mean_scores(x, cost_weight=cost_weight, latency_weight=latency_weight)
+        if not explore or self.alpha == 0:
+            return greedy_probs(mean)
+        xb = add_bias(x)
+        w, err = self.widths(xb, float32=True)
         return greedy_probs(
-            self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight, explore=explore)
+            certified_greedy(mean, self.alpha, w, err, lambda rows: ucb_bonus(xb[rows], self.a_inv))
         )
 
     def config(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 from router_rl.policies import torch_mlp as tm
 from router_rl.policies.base import greedy_probs
 from router_rl.policies.mlp import MLPRouter
-from router_rl.policies.ridge import RidgeArms, add_bias, posterior_width
+from router_rl.policies.ridge import RidgeArms, add_bias
 from router_rl.policies.thompson import argmax_probabilities, mc_argmax_probabilities
 
 
@@ -112,14 +112,17 @@ class NeuralLinearTS(MLPRouter):
         phi = self.features(x)
         mean = self.heads.mean_scores(phi, cost_weight=cost_weight, latency_weight=latency_weight)
         norm = np.sqrt(1.0 + cost_weight**2 + latency_weight**2)
-        return mean, self.scale * norm * posterior_width(add_bias(phi), self.heads.a_inv)
+        return mean, self.scale * norm * self.heads.widths(add_bias(phi))[0]
 
     def probs(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
     ) -> np.ndarray:
+        if not explore or self.scale == 0:  # greedy: the heads' means only, no posterior widths
+            phi = self.features(x)
+            return greedy_probs(
+                self.heads.mean_scores(phi, cost_weight=cost_weight, latency_weight=latency_weight)
+            )
         mean, sd = self.score_distribution(x, cost_weight=cost_weight, latency_weight=latency_weight)
-        if not explore or self.scale == 0:
-            return greedy_probs(mean)
         if self.propensity == "mc":
             return mc_argmax_probabilities(mean, sd, n_draws=self.n_draws, rng=self.rng)
         return argmax_probabilities(mean, sd)

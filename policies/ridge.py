@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from router_rl.policies.base import check_batch, check_model_change
+from router_rl.policies.bonus import WidthCache
 
 HEADS = ("quality", "cost", "latency")
 
@@ -51,6 +52,23 @@ def add_rows_to_inverse(a_inv: np.ndarray, x: np.ndarray) -> np.ndarray:
     a = np.linalg.inv(a_inv) + x.T @ x
     inv = np.linalg.inv(a)
     return 0.5 * (inv + inv.T)
+
+
+def add_rows_in_place(a_inv: np.ndarray, x: np.ndarray) -> None:
+    """Overwrite the C-contiguous symmetric ``a_inv`` (D, D) with ``(A + X^T X)^{-1}``, as
+    :func:`add_rows_to_inverse` but without temporaries of size D^2: with ``C C^T = I_n + X A^{-1} X^T``
+    (Cholesky) and ``Z = C^{-1} X A^{-1}``, Woodbury reads ``A^{-1} - Z^T Z``, one in-place BLAS rank-n update."""
+    from scipy.linalg import blas, solve_triangular
+
+    n, d = x.shape
+    if n > d or not a_inv.flags.c_contiguous:
+        a_inv[...] = add_rows_to_inverse(a_inv, x)
+        return
+    ax = a_inv @ x.T  # (D, n)
+    chol = np.linalg.cholesky(np.eye(n) + x @ ax)
+    z = solve_triangular(chol, ax.T, lower=True, check_finite=False)  # (n, D)
+    # a_inv.T is the Fortran view BLAS updates in place; a_inv is symmetric, so a_inv.T -= Z^T Z is a_inv -= Z^T Z
+    blas.dgemm(-1.0, z, z, beta=1.0, c=a_inv.T, trans_a=1, overwrite_c=1)
 
 
 def posterior_width(x: np.ndarray, a_inv: np.ndarray) -> np.ndarray:
@@ -97,6 +115,7 @@ class RidgeArms:
         self.b = np.zeros((k, len(HEADS), d1))
         self.counts = np.zeros(k)
         self._theta = np.zeros((k, len(HEADS), d1))
+        self._width_cache: WidthCache | None = None
 
     def _prior(self) -> np.ndarray:
         return prior_precision(self.dim, self.ridge, self.bias_ridge)
@@ -108,12 +127,21 @@ class RidgeArms:
 
     def estimates(self, x: np.ndarray) -> np.ndarray:
         """(3, B, K) predicted quality, normalised cost and latency of every model for contexts (B, d)."""
-        return np.einsum("bi,khi->hbk", add_bias(x), self.theta())
+        theta = self.theta()
+        k, h, d1 = theta.shape
+        return (add_bias(x) @ theta.reshape(k * h, d1).T).reshape(-1, k, h).transpose(2, 0, 1)
 
     def mean_scores(self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0) -> np.ndarray:
         """(B, K) estimated reward ``q - w c - lambda l`` of every model."""
         q, c, lat = self.estimates(x)
         return q - cost_weight * c - latency_weight * lat
+
+    def widths(self, xb: np.ndarray, *, float32: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(w, err)``, each (B, K): ``sqrt(x^T A_k^{-1} x)`` of contexts ``xb`` (B, d + 1) (bias included) and
+        a bound on its error, from cached triangular factors (:class:`router_rl.policies.bonus.WidthCache`)."""
+        if getattr(self, "_width_cache", None) is None:
+            self._width_cache = WidthCache()
+        return self._width_cache.widths(xb, self.a_inv, float32=float32)
 
     # -------------------------------------------------------------------------------------- learning
     def update(self, x, actions, quality, cost, latency) -> None:
@@ -132,12 +160,15 @@ class RidgeArms:
         """Add rows ``xb`` (n, D) with targets ``y`` (n, 3) to the arms ``actions`` (n,), with ``weight`` (a
         scalar or (n,)): A_k += sum w x x^T, b_k += sum w y x; ``count`` adds the weights to ``counts``."""
         w = np.broadcast_to(np.asarray(weight, dtype=np.float64), actions.shape)
+        if not self.a_inv.flags.c_contiguous:
+            self.a_inv = np.ascontiguousarray(self.a_inv)
         for k in np.unique(actions):
-            rows = actions == k
-            self.a_inv[k] = add_rows_to_inverse(self.a_inv[k], np.sqrt(w[rows])[:, None] * xb[rows])
-            self.b[k] += (w[rows, None] * y[rows]).T @ xb[rows]
+            rows = np.flatnonzero(actions == k)
+            xk, wk = xb[rows], w[rows]
+            add_rows_in_place(self.a_inv[k], np.sqrt(wk)[:, None] * xk)
+            self.b[k] += (wk[:, None] * y[rows]).T @ xk
             if count:
-                self.counts[k] += w[rows].sum()
+                self.counts[k] += wk.sum()
             self._theta[k] = self.b[k] @ self.a_inv[k]  # A^{-1} is symmetric
 
     def warm_start(self, x, quality, cost, latency, weight: float = 1.0) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from router_rl.policies.base import check_batch, greedy_probs
+from router_rl.policies.bonus import WidthCache, certified_greedy
 from router_rl.policies.linucb import HEADS, add_bias, ucb_bonus, woodbury_update
 
 
@@ -92,6 +93,7 @@ class SlidingWindowLinUCB:
         self._y = np.zeros((0, len(HEADS)))
         self._a = np.zeros(0, dtype=np.int64)
         self._t = np.zeros(0, dtype=np.int64)
+        self._widths = WidthCache()
         self._rebuild()
 
     # ------------------------------------------------------------------ statistics
@@ -119,17 +121,21 @@ class SlidingWindowLinUCB:
 
     def estimates(self, x: np.ndarray) -> np.ndarray:
         """(3, B, K) predicted quality, normalised cost and latency of every model for contexts (B, d)."""
-        return np.einsum("bi,khi->hbk", add_bias(x), self._theta)
+        k, h, d1 = self._theta.shape
+        return (add_bias(x) @ self._theta.reshape(k * h, d1).T).reshape(-1, k, h).transpose(2, 0, 1)
 
     def scores(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
     ) -> np.ndarray:
         """(B, K) decision scores; ``-inf`` for unavailable models."""
-        q, c, lat = self.estimates(x)
-        s = q - cost_weight * c - latency_weight * lat
+        s = self._mean_scores(x, cost_weight, latency_weight)
         if explore and self.alpha > 0:
-            s = s + self.alpha * ucb_bonus(add_bias(x), self.a_inv)
+            s = s + self.alpha * self._widths.widths(add_bias(x), self.a_inv)[0]
         return np.where(self.available[None, :], s, -np.inf)
+
+    def _mean_scores(self, x: np.ndarray, cost_weight: float, latency_weight: float) -> np.ndarray:
+        q, c, lat = self.estimates(x)
+        return q - cost_weight * c - latency_weight * lat
 
     def probs(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
@@ -138,8 +144,14 @@ class SlidingWindowLinUCB:
         forced = self.available & (self.pulls < self.min_pulls)
         if explore and forced.any():
             return np.tile(forced / forced.sum(), (x.shape[0], 1))
+        if not explore or self.alpha == 0:
+            return greedy_probs(self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight))
+        # as LinUCB: a float32 bonus, with the rows its error bounds cannot certify redone in float64
+        xb = add_bias(x)
+        w, err = self._widths.widths(xb, self.a_inv, float32=True)
+        mean = np.where(self.available[None, :], self._mean_scores(x, cost_weight, latency_weight), -np.inf)
         return greedy_probs(
-            self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight, explore=explore)
+            certified_greedy(mean, self.alpha, w, err, lambda rows: ucb_bonus(xb[rows], self.a_inv))
         )
 
     # ------------------------------------------------------------------ learning
