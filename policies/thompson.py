@@ -45,6 +45,16 @@ def quadrature_nodes(n: int = QUADRATURE_NODES) -> np.ndarray:
     return ndtri((np.arange(n) + 0.5) / n)
 
 
+def _ndtr(x: np.ndarray) -> np.ndarray:
+    """Phi(x) elementwise: torch's vectorised kernel (~2.5x scipy's ``ndtr``, equal to ~1 ulp), scipy's
+    without torch. Used by :func:`argmax_probabilities`, whose cost it dominates."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; the fallback keeps numpy-only use working
+        return ndtr(x)
+    return torch.special.ndtr(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
 def argmax_probabilities(mean: np.ndarray, sd: np.ndarray, *, nodes: np.ndarray | None = None) -> np.ndarray:
     """P(k is the largest) of independent Gaussians N(mean_k, sd_k^2), per row.
 
@@ -77,7 +87,7 @@ def argmax_probabilities(mean: np.ndarray, sd: np.ndarray, *, nodes: np.ndarray 
         block = out[start : start + chunk]
         block[live] = 1.0  # models with no factor below 1: product 1 at every node
         if len(ib):
-            phi = ndtr(shift[ib, ik, ij, None] + ratio[ib, ik, ij, None] * z)  # (pairs, G)
+            phi = _ndtr(shift[ib, ik, ij, None] + ratio[ib, ik, ij, None] * z)  # (pairs, G)
             group = ib * k + ik
             first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
             block.reshape(-1)[group[first]] = np.multiply.reduceat(phi, first, axis=0).mean(axis=1)
