@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -170,6 +171,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             catalog = catalog.subset(self._models)
         self._ttft_s, self._tokens_per_s = fill_latency_priors(catalog.ttft_s, catalog.output_tokens_per_s)
         self._output_tokens = fill_output_tokens(data.output_tokens)
+        self._ttft_list, self._tps_list = self._ttft_s.tolist(), self._tokens_per_s.tolist()
 
         self._traffic: Traffic | None = None
         if simulator is not None or tiers is not None or scenario is not None:
@@ -308,7 +310,9 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             raise RuntimeError(
                 "RoutingEnv.step() called on a finished episode (every episode is one step); call reset() first"
             )
-        if not self.action_space.contains(action):
+        n_models = len(self._models)
+        fast_ok = type(action) in (int, np.int64) and 0 <= action < n_models
+        if not fast_ok and not self.action_space.contains(action):
             raise ValueError(
                 f"invalid action {action!r}: expected an integer in [0, {len(self._models)}) "
                 f"indexing the models {list(self._models)}"
@@ -316,29 +320,27 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         a, row = int(action), self._row
         if self._traffic is not None:
             return self._simulated_step(a, row)
-        quality = float(self._data.quality[row, a])
-        cost_usd = float(self._data.cost_usd[row, a])
-        latency_s = float(self._data.latency_s[row, a])
-        if not np.isfinite(latency_s):
-            latency_s = float(
-                sample_latency(
-                    self.np_random,
-                    self._ttft_s[a],
-                    self._tokens_per_s[a],
-                    self._output_tokens[row, a],
-                    self._latency_sigma,
+        quality = float(self._data.quality.item(row, a))
+        cost_usd = float(self._data.cost_usd.item(row, a))
+        latency_s = float(self._data.latency_s.item(row, a))
+        if not math.isfinite(latency_s):
+            ttft, tps, tokens = self._ttft_list[a], self._tps_list[a], float(self._output_tokens.item(row, a))
+            if ttft >= 0 and tps > 0 and 0 <= tokens < math.inf and ttft < math.inf and tps < math.inf:
+                # sample_latency's value: the same float64 operations and one log-normal draw from np_random
+                noise = float(self.np_random.lognormal(mean=0.0, sigma=self._latency_sigma))
+                latency_s = (ttft + tokens / tps) * noise
+            else:  # invalid priors: sample_latency raises its error
+                latency_s = float(
+                    sample_latency(
+                        self.np_random,
+                        self._ttft_s[a],
+                        self._tokens_per_s[a],
+                        self._output_tokens[row, a],
+                        self._latency_sigma,
+                    )
                 )
-            )
-        r = float(
-            reward(
-                quality,
-                cost_usd,
-                latency_s,
-                cost_weight=self._cost_weight,
-                cost_scale=self._cost_scale,
-                latency_weight=self._latency_weight,
-            )
-        )
+        # router_rl.reward.reward's operations, in the same order, on Python floats (IEEE doubles)
+        r = quality - self._cost_weight * cost_usd / self._cost_scale - self._latency_weight * latency_s
         self._done = True
         info = {
             "prompt_index": row,

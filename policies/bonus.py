@@ -16,8 +16,9 @@ triangular), since ``x^T A_k^{-1} x = ||L_k^T x||^2``:
 - **Factors are refreshed lazily**, only for arms whose design changed (detected from a fingerprint of each
   ``A_k^{-1}``: its diagonal and last row, which every update changes), and only once they will be reused: after
   ``refactor_rows`` decision rows since the arm last changed (a Cholesky costs ~D/3 rows of a dense product).
-  Until then a changed arm's widths come from the dense float64 formula, so a training loop that updates every
-  batch pays no factorisations.
+  Until then a changed arm's widths come from its dense inverse: in float32 with error bounds for float32
+  callers (half the float64 cost; a training loop that updates every batch pays no factorisations), else the
+  float64 formula.
 
 Float32 error bound (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., sec. 3.1 and 3.5),
 with unit roundoff u = 2^-24 and gamma_n = n u / (1 - n u): with L and x rounded to float32 and the product
@@ -73,6 +74,11 @@ class WidthCache:
         self._seen_fp = np.full((k, 2 * d), np.nan)  # fingerprint when ``_pending`` started counting
         self._pending = np.zeros(k, dtype=np.int64)  # rows decided since the arm last changed
         self._frob = np.zeros(k)  # ||L_k||_F
+        self._m32: np.ndarray | None = (
+            None  # float32 copies of the dense inverses (stale arms, float32 callers)
+        )
+        self._m32_fp = np.full((k, 2 * d), np.nan)
+        self._mfrob = np.zeros(k)  # ||A_k^{-1}||_F
 
     def _blocks(self) -> list[tuple[int, int]]:
         return list(zip(self.edges[:-1].tolist(), self.edges[1:].tolist(), strict=True))
@@ -122,23 +128,62 @@ class WidthCache:
             self._refactor(a_inv, int(arm), fp[arm])
         dense = ~(fp == self._factor_fp).all(axis=1) | ~self._factor_ok
         if dense.sum() >= 0.45 * k:  # the blocks' GEMMs (all arms, ~0.55 of dense) would not pay: all dense
-            return posterior_width(x, a_inv), np.zeros((b, k))
+            dense[:] = True
+        w, err = np.zeros((b, k)), np.zeros((b, k))
+        if not dense.all():
+            w, err = self._factored(x, float32)
+        arms = np.flatnonzero(dense)
+        if float32:
+            w[:, arms], err[:, arms] = self._dense32(x, a_inv, fp, arms)
+        elif len(arms) == k:
+            w = posterior_width(x, a_inv)
+        else:
+            for arm in arms:
+                w[:, arm] = posterior_width(x, a_inv[arm : arm + 1])[:, 0]
+        return w, err
+
+    def _factored(self, x: np.ndarray, float32: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Widths of every arm from the cached factors (only the fresh arms' are meaningful)."""
+        (b, d), k = x.shape, self._shape[0]
         xs = x.astype(np.float32) if float32 else x
         sq = np.zeros((b, k))
         for (c0, c1), f in zip(self._blocks(), self._f32 if float32 else self._f64, strict=True):
             y = (xs[:, c0:] @ f).reshape(b, k, c1 - c0)  # (B, K, bs): block [c0, c1) of L_k^T x
             sq += np.einsum("bki,bki->bk", y, y)
         w = np.sqrt(sq)
-        err = np.zeros((b, k))
-        if float32:
-            norm = np.linalg.norm(x, axis=1)[:, None]
-            bs = int(np.diff(self.edges).max())
-            lin = (2 * _U32 + _gamma(d, _U32)) * (1 + _U32) ** 2 + math.sqrt(_gamma(d + 1, _U64))
-            err = 2.0 * (lin * norm * self._frob[None, :] + _gamma(bs + 1, _U32) * w) + 1e-12
-        for arm in np.flatnonzero(dense):
-            w[:, arm] = posterior_width(x, a_inv[arm : arm + 1])[:, 0]
-            err[:, arm] = 0.0
-        return w, err
+        if not float32:
+            return w, np.zeros((b, k))
+        norm = np.linalg.norm(x, axis=1)[:, None]
+        bs = int(np.diff(self.edges).max())
+        lin = (2 * _U32 + _gamma(d, _U32)) * (1 + _U32) ** 2 + math.sqrt(_gamma(d + 1, _U64))
+        return w, 2.0 * (lin * norm * self._frob[None, :] + _gamma(bs + 1, _U32) * w) + 1e-12
+
+    def _dense32(
+        self, x: np.ndarray, a_inv: np.ndarray, fp: np.ndarray, arms: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, n) widths of ``arms`` from float32 copies of their dense inverses, with error bounds.
+
+        ``q = x^T M x`` in float32 (M and x rounded, a GEMM and a dot of D terms) is within
+        ``E = (2 gamma_D + 4 u)(1 + u)^3 |x|^T |M| |x| <= (...) ||M||_F ||x||^2`` of the exact value (plus the
+        float64 formula's own ``gamma_D^(64)`` share), so ``w`` lies in ``[sqrt(max(q - E, 0)), sqrt(q + E)]``.
+        """
+        (b, d), n = x.shape, len(arms)
+        if not n:
+            return np.zeros((b, 0)), np.zeros((b, 0))
+        if self._m32 is None:
+            self._m32 = np.zeros(a_inv.shape, dtype=np.float32)
+        for arm in arms[~(fp[arms] == self._m32_fp[arms]).all(axis=1)]:
+            self._m32[arm] = a_inv[arm]
+            self._m32_fp[arm] = fp[arm]
+            self._mfrob[arm] = math.sqrt(float(np.einsum("ij,ij->", a_inv[arm], a_inv[arm])))
+        x32 = x.astype(np.float32)
+        m = self._m32 if n == self._shape[0] else self._m32[arms]
+        q = np.einsum("kbj,bj->bk", x32[None] @ m, x32).astype(np.float64)  # (B, n)
+        rel = (2 * _gamma(d, _U32) + 4 * _U32) * (1 + _U32) ** 3 + _gamma(d, _U64)
+        bound = 2.0 * rel * self._mfrob[arms][None, :] * np.einsum("bi,bi->b", x, x)[:, None] + 1e-300
+        w = np.sqrt(np.maximum(q, 0.0))
+        lo, hi = np.sqrt(np.maximum(q - bound, 0.0)), np.sqrt(np.maximum(q, 0.0) + bound)
+        return w, np.maximum(w - lo, hi - w) + 1e-12
 
 
 def certified_greedy(
@@ -146,23 +191,33 @@ def certified_greedy(
     bonus: float,
     w: np.ndarray,
     err: np.ndarray,
-    exact: Callable[[np.ndarray], np.ndarray],
+    exact: Callable[[np.ndarray, np.ndarray], np.ndarray],
     *,
     slack: float = 1e-9,
 ) -> np.ndarray:
     """Scores ``mean + bonus * w`` whose argmax per row equals that of the exact scores.
 
-    Rows whose best arm the error bounds certify (its lower bound beats every other arm's upper bound by
-    ``slack``) keep the approximate scores; the others get ``exact(rows)`` ((n, K) exact widths of those rows).
+    Each row's best arm by the approximate scores has the lower bound ``s - bonus * err``. Arms whose upper
+    bound ``s + bonus * err`` falls below it by ``slack`` cannot win (nor tie); where any other arm can, the
+    contenders (the best arm included) get exact widths ``exact(rows, arms)`` ((n,) for n (row, arm) pairs).
     So ``greedy_probs`` of the result equals ``greedy_probs`` of the exact scores (ties included: tied arms
-    are never certified apart).
+    are never certified apart), at the cost of a few exact widths.
     """
     s = mean + bonus * w
     rows = np.arange(len(s))
     best = s.argmax(axis=1)
-    upper = s + bonus * err
-    upper[rows, best] = -np.inf
-    unsure = upper.max(axis=1) + slack >= s[rows, best] - bonus * err[rows, best]
+    lower = s[rows, best] - bonus * err[rows, best]
+    contender = s + bonus * err + slack >= lower[:, None]
+    unsure = contender.sum(axis=1) > 1
     if unsure.any():
-        s[unsure] = mean[unsure] + bonus * exact(unsure)
+        r, a = np.nonzero(contender & unsure[:, None])
+        s[r, a] = mean[r, a] + bonus * exact(r, a)
     return s
+
+
+def pair_widths(x: np.ndarray, a_inv: np.ndarray, rows: np.ndarray, arms: np.ndarray) -> np.ndarray:
+    """(n,) ``sqrt(x_r^T A_a^{-1} x_r)`` in float64 for the (row, arm) pairs ``rows``, ``arms``."""
+    out = np.empty(len(rows))
+    for i, (r, a) in enumerate(zip(rows.tolist(), arms.tolist(), strict=True)):
+        out[i] = math.sqrt(max(float(x[r] @ a_inv[a] @ x[r]), 0.0))
+    return out

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from router_rl.policies.base import greedy_probs
-from router_rl.policies.bonus import certified_greedy
+from router_rl.policies.bonus import certified_greedy, pair_widths
 from router_rl.policies.ridge import HEADS, RidgeArms, add_bias, posterior_width, woodbury_update
 
 __all__ = ["HEADS", "LinUCB", "add_bias", "ucb_bonus", "woodbury_update"]
@@ -78,7 +78,7 @@ class LinUCB(RidgeArms):
         xb = add_bias(x)
         w, err = self.widths(xb, float32=True)
         return greedy_probs(
-            certified_greedy(mean, self.alpha, w, err, lambda rows: ucb_bonus(xb[rows], self.a_inv))
+            certified_greedy(mean, self.alpha, w, err, lambda r, a: pair_widths(xb, self.a_inv, r, a))
         )
 
     def config(self) -> dict[str, Any]:

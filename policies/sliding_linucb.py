@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from router_rl.policies.base import check_batch, greedy_probs
-from router_rl.policies.bonus import WidthCache, certified_greedy
-from router_rl.policies.linucb import HEADS, add_bias, ucb_bonus, woodbury_update
+from router_rl.policies.bonus import WidthCache, certified_greedy, pair_widths
+from router_rl.policies.linucb import HEADS, add_bias, woodbury_update
 
 
 def woodbury_downdate(a_inv: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -151,7 +151,7 @@ class SlidingWindowLinUCB:
         w, err = self._widths.widths(xb, self.a_inv, float32=True)
         mean = np.where(self.available[None, :], self._mean_scores(x, cost_weight, latency_weight), -np.inf)
         return greedy_probs(
-            certified_greedy(mean, self.alpha, w, err, lambda rows: ucb_bonus(xb[rows], self.a_inv))
+            certified_greedy(mean, self.alpha, w, err, lambda r, a: pair_widths(xb, self.a_inv, r, a))
         )
 
     # ------------------------------------------------------------------ learning

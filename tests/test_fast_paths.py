@@ -87,19 +87,19 @@ def test_linucb_ties_and_near_ties_fall_back_to_float64() -> None:
         np.testing.assert_array_equal(
             policy.probs(x, cost_weight=0.5, explore=True), np.full((300, 6), 1 / 6)
         )
-    # two models whose scores differ by less than the float32 error: the float64 rows decide
-    mean = np.zeros((3, 2))
-    w = np.array([[1.0, 1.0 + 1e-9], [1.0, 1.5], [1.0, 1.0]])
-    err = np.full((3, 2), 1e-6)
-    redone = []
+    # two models whose scores differ by less than the float32 error: exact widths decide, for the contenders only
+    mean = np.array([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    w = np.array([[1.0, 1.0 + 1e-9, 1.0], [1.0, 1.5, 1.0], [1.0, 1.0, 1.0]])
+    err = np.full((3, 3), 1e-6)
+    asked = []
 
-    def exact(rows: np.ndarray) -> np.ndarray:
-        redone.append(np.flatnonzero(rows).tolist())
-        return np.array([[1.0, 1.0 + 2e-9], [1.0, 1.0]])[: rows.sum()]
+    def exact(rows: np.ndarray, arms: np.ndarray) -> np.ndarray:
+        asked.append(list(zip(rows.tolist(), arms.tolist(), strict=True)))
+        return np.array([{(0, 0): 1.0, (0, 1): 1.0 + 2e-9, (2, 0): 1.0, (2, 1): 1.0}[p] for p in asked[-1]])
 
     s = certified_greedy(mean, 1.0, w, err, exact)
-    assert redone == [[0, 2]]
-    np.testing.assert_array_equal(greedy_probs(s), [[0, 1], [0, 1], [0.5, 0.5]])
+    assert asked == [[(0, 0), (0, 1), (2, 0), (2, 1)]]  # row 1 is certain; model 2 is never a contender
+    np.testing.assert_array_equal(greedy_probs(s), [[0, 1, 0], [0, 1, 0], [0.5, 0.5, 0]])
 
 
 def test_width_cache_bounds_hold_and_factors_follow_updates() -> None:
@@ -199,3 +199,29 @@ def test_training_runs_choose_the_same_models_as_the_formula() -> None:
         np.testing.assert_array_equal(fast, greedy_probs(reference_scores(policy, x, 0.2)))
         a = fast.argmax(axis=1)
         policy.update(x, a, (x * w[a]).sum(axis=1), np.full(len(a), 0.5), np.zeros(len(a)))
+
+
+def test_dense_float32_path_of_changed_arms_is_bounded_and_decides_like_the_formula() -> None:
+    rng = np.random.default_rng(8)
+    policy = trained_linucb(8, steps=900, alpha=1.0)
+    xb = add_bias(unit(64, rng))
+    never = WidthCache(refactor_rows=10**9)  # no factor ever: every arm on its dense float32 inverse
+    w, err = never.widths(xb, policy.a_inv, float32=True)
+    ref = reference_width(xb, policy.a_inv)
+    assert np.all(np.abs(w - ref) <= err) and (err > 0).all() and (err < 1e-3 * ref).all()
+    # mixed: two arms factored, the others dense in float32
+    mixed = WidthCache(refactor_rows=10**9)
+    mixed._reset(*policy.a_inv.shape[:2])
+    fp = mixed.fingerprint(policy.a_inv)
+    for arm in (0, 3):
+        mixed._refactor(policy.a_inv, arm, fp[arm])
+    w, err = mixed.widths(xb, policy.a_inv, float32=True)
+    assert np.all(np.abs(w - ref) <= err)
+    policy._width_cache = WidthCache(refactor_rows=10**9)
+    for _ in range(5):
+        x = unit(64, rng)
+        np.testing.assert_array_equal(
+            policy.probs(x, cost_weight=0.3, explore=True), greedy_probs(reference_scores(policy, x, 0.3))
+        )
+        a = rng.integers(6, size=64)
+        policy.update(x, a, rng.random(64), rng.random(64), rng.random(64))
