@@ -1,6 +1,7 @@
 """Benchmark the policy heads, the envs and bandit training against Vowpal Wabbit on this CPU.
 
-Sections (every timing is the median of repeats after a warm-up, in one process with one BLAS thread):
+Sections (every timing is the median of repeats after a warm-up, in one process with one BLAS thread unless
+``--threads`` says otherwise):
 
 - **policies**: microseconds per request of every policy under ``policies/`` (as configured in
   ``configs/policy/``) on random unit-norm 384-dim contexts (like MiniLM embeddings) and K = 10 models, after
@@ -23,7 +24,8 @@ Usage:
 
     python experiments/bench_policies.py --quick                    # < 1 min smoke run
     ROUTER_RL_CACHE=/tmp/rrl-cache python experiments/bench_policies.py            # full, ~5 min on 2 cores
-    python experiments/bench_policies.py --train-steps 1000000      # the full 1M-step training run as well
+    python experiments/bench_policies.py --sections training --train-steps 1000000 --out experiments/results/train_1m
+    python experiments/bench_policies.py --threads 2                # the policies with two BLAS threads
 
 Writes ``experiments/results/bench_policies.json``, ``bench_policies.md`` and ``bench_policies_scaling.png``
 (``--quick`` writes ``bench_policies_quick.*``). Timings on a shared machine are noisy: the load average at
@@ -33,10 +35,13 @@ the start and the end is recorded with the machine.
 from __future__ import annotations
 
 import os
+import sys
 
-# One BLAS/OpenMP thread: the cost of one decision, as the trainer (single-threaded BLAS) pays it.
+# One BLAS/OpenMP thread by default: the cost of one decision as the trainer (single-threaded BLAS) pays it;
+# ``--threads N`` (read here, before numpy loads its BLAS) gives the policies N threads.
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+    os.environ.setdefault(_var, _THREADS)
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
@@ -433,7 +438,7 @@ def markdown(res: dict[str, Any]) -> str:
         "# Policy, env and training benchmark",
         "",
         f"`python experiments/bench_policies.py{' --quick' if res['quick'] else ''}` on {m['cpu']} "
-        f"({m['cores']} cores, one BLAS thread), {m['date']}; numpy {m['versions']['numpy']}, "
+        f"({m['cores']} cores, {m['blas_threads']} BLAS thread(s)), {m['date']}; numpy {m['versions']['numpy']}, "
         f"torch {m['versions']['torch']}, vowpalwabbit {m['versions']['vowpalwabbit']}. Load average "
         f"{m['load_average_start'][0]:.2f} at the start, {m['load_average_end'][0]:.2f} at the end "
         "(other jobs on the machine make every figure noisy).",
@@ -542,7 +547,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.axhline(20, color="grey", ls=":", lw=1, label="20 µs target")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Exploring decision cost, one CPU thread")
+    fig.suptitle(f"Exploring decision cost, {res['machine']['blas_threads']} BLAS thread(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -557,7 +562,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--train-steps", type=int, default=None, help="learn() steps (default 100k, quick 5k)"
     )
     parser.add_argument("--out", default="experiments/results", help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP/torch threads (default 1)")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     args.models = 10
     args.observations = 2000 if args.quick else 10_000
     args.repeats = 3 if args.quick else 7
@@ -595,6 +604,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "bench_policies_quick" if args.quick else "bench_policies"
+    stem += f"_threads{args.threads}" if args.threads != 1 else ""
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     text = markdown(res)
     (out / f"{stem}.md").write_text(text + "\n")
