@@ -256,7 +256,7 @@ def create_app(
 
     settings = (settings or ServeSettings()).validate()
     if not isinstance(router, Router):
-        router = Router(router, device=settings.device)
+        router = Router(router, device=settings.device, **settings.router_kwargs())
     if upstreams is None:
         upstreams = upstream_map(
             settings.upstream, settings.upstreams, api_key_env=settings.upstream_api_key_env
@@ -266,6 +266,7 @@ def create_app(
         decision_log = DecisionLog(settings.log_db)  # type: ignore[arg-type]
     metrics = Metrics()
     metrics.set_policy(router.artifact.version)
+    metrics.set_encoder(router.embedder.describe)
     service = Service(
         router=router,
         settings=settings,
@@ -310,10 +311,11 @@ def create_app(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_quietly()))
         log.info(
-            "router-rl serving policy %s (%d models) on %s",
+            "router-rl serving policy %s (%d models) on %s; encoder %s",
             router.artifact.version,
             len(router.models),
             router.artifact.device,
+            router.embedder.describe,
         )
         try:
             yield
@@ -487,6 +489,7 @@ def create_app(
                 "policy_version": r.artifact.version,
                 "models": r.models,
                 "device": r.artifact.device,
+                "encoder": {**r.embedder.describe, "trained_max_seq_length": r.trained_max_seq_length},
                 "queue": service.batcher.queued if service.batcher else 0,
                 "uptime_s": round(time.time() - service.started_at, 3),
                 "decision_log": str(service.decision_log.path) if service.decision_log else None,

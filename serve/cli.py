@@ -154,7 +154,7 @@ def main(args: Sequence[str]) -> int:
         logging.basicConfig(
             level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        router = Router(path, device=settings.device)
+        router = Router(path, device=settings.device, **settings.router_kwargs())
         app = create_app(
             router,
             settings,

@@ -106,6 +106,23 @@ class Metrics:
             registry=r,
         )
         self.queue = Gauge("router_rl_batch_queue", "Requests waiting for a decision", registry=r)
+        self.embedding_cache = Counter(
+            "router_rl_embedding_cache",
+            "Prompts looked up in the in-memory embedding cache, by result (hit, miss)",
+            ["result"],
+            registry=r,
+        )
+        self.encoder = Gauge(
+            "router_rl_encoder_info",
+            "The prompt encoder in use (value 1): model id, backend, device and max_seq_length",
+            ["id", "backend", "device", "max_seq_length"],
+            registry=r,
+        )
+
+    def set_encoder(self, describe: dict) -> None:
+        self.encoder.clear()
+        labels = {k: str(describe[k]) for k in ("id", "backend", "device", "max_seq_length")}
+        self.encoder.labels(**labels).set(1)
 
     def set_policy(self, version: str) -> None:
         self.policy.clear()

@@ -61,7 +61,12 @@ class Router:
         device: ``auto`` (``cuda`` when present), ``cpu`` or ``cuda``; used by the embedder and the head.
         cache_dir: optional embedding cache directory.
         embedder: an already loaded :class:`Embedder` to reuse (a hot reload keeps the encoder in memory);
-            it must be the artifact's encoder with the artifact's ``max_seq_length``.
+            it must be the artifact's encoder with the artifact's ``max_seq_length`` (or ``max_seq_length``).
+        encoder_backend: ``torch``, ``onnx``, ``onnx-int8`` or ``auto`` (see :class:`Embedder`), when no
+            ``embedder`` is given.
+        max_seq_length: tokens the encoder reads per prompt; None: the artifact's.
+        embedding_cache_size: prompts kept in the embedder's in-memory LRU (0: none).
+        threads: CPU threads of an ONNX Runtime encoder (None: all cores).
     """
 
     def __init__(
@@ -71,10 +76,14 @@ class Router:
         device: str | None = "auto",
         cache_dir: str | Path | None = None,
         embedder: Embedder | None = None,
+        encoder_backend: str = "torch",
+        max_seq_length: int | None = None,
+        embedding_cache_size: int = 0,
+        threads: int | None = None,
     ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, device=device)
         emb = self.artifact.manifest["embedder"]
-        max_seq_length = int(emb.get("max_seq_length", 256))
+        max_seq_length = int(max_seq_length or emb.get("max_seq_length", 256))
         if embedder is not None and (
             embedder.model_name != emb["id"] or embedder.max_seq_length != max_seq_length
         ):
@@ -84,13 +93,21 @@ class Router:
             )
         self.embedder = embedder or Embedder(
             emb["id"],
+            backend=encoder_backend,
             device=self.artifact.device,
             max_seq_length=max_seq_length,
             cache_dir=cache_dir,
+            memory_cache_size=embedding_cache_size,
+            threads=threads,
         )
         self._checked_dim = False
         self.n_embed_calls = 0  # forward passes of the encoder and of the head, for batching checks and logs
         self.n_head_calls = 0
+
+    @property
+    def trained_max_seq_length(self) -> int:
+        """The truncation the policy was trained with (the artifact's)."""
+        return int(self.artifact.manifest["embedder"].get("max_seq_length", 256))
 
     @property
     def models(self) -> list[str]:

@@ -58,7 +58,13 @@ class Service:
     # ------------------------------------------------------------------ decisions
     def _batch(self, payloads: list[tuple[str, dict[str, Any]]]) -> list[Routed]:
         router = self.router  # a reload swaps self.router; a batch uses one router throughout
+        memory = router.embedder.memory_cache
+        hits = memory.hits if memory is not None else 0
         decisions, x = router.decide_requests([p for p, _ in payloads], [lim for _, lim in payloads])
+        if memory is not None:
+            new_hits = memory.hits - hits
+            self.metrics.embedding_cache.labels(result="hit").inc(new_hits)
+            self.metrics.embedding_cache.labels(result="miss").inc(len(payloads) - new_hits)
         return [Routed(d, x[i], router, payloads[i][1]) for i, d in enumerate(decisions)]
 
     async def decide(self, prompt: str, limits: dict[str, Any]) -> Routed:
@@ -134,10 +140,10 @@ class Service:
                     None, lambda: load_artifact(path, device=old.artifact.device)
                 )
                 emb = artifact.manifest["embedder"]
-                same = old.embedder.model_name == emb["id"] and old.embedder.max_seq_length == int(
-                    emb.get("max_seq_length", 256)
-                )
-                new = Router(artifact, embedder=old.embedder if same else None)
+                kwargs = self.settings.router_kwargs()
+                max_seq_length = kwargs["max_seq_length"] or int(emb.get("max_seq_length", 256))
+                same = old.embedder.model_name == emb["id"] and old.embedder.max_seq_length == max_seq_length
+                new = Router(artifact, embedder=old.embedder if same else None, **kwargs)
                 if not same:
                     await loop.run_in_executor(None, new.embedder._load)
                 assert self.batcher is not None
@@ -149,6 +155,7 @@ class Service:
             self.router = new
             self.artifact_source = source
             self.metrics.set_policy(new.artifact.version)
+            self.metrics.set_encoder(new.embedder.describe)
             self.metrics.reloads.labels(result="ok").inc()
             log.info("reloaded %s: policy %s -> %s", source, old.artifact.version, new.artifact.version)
             return {

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from router_rl.onnx_encoder import BACKENDS
+
 ENV_PREFIX = "ROUTER_RL_SERVE_"
 
 
@@ -36,8 +38,19 @@ class ServeSettings:
     port: int = opt(8080, "TCP port")
     device: str = opt("auto", "auto (cuda when present), cpu or cuda")
     torch_threads: int = opt(
-        0, "torch CPU threads for decisions; 0 = one core less than the machine has (min 1)"
+        0,
+        "CPU threads of the encoder (torch or ONNX Runtime) and the head; 0 = one core less than the machine "
+        "has (min 1)",
     )
+    encoder_backend: str = opt(
+        "auto",
+        "auto (onnx on CPU, torch on cuda), torch, onnx (ONNX Runtime, torch's decisions) or onnx-int8 "
+        "(faster, may change close decisions)",
+    )
+    encoder_max_seq_length: int = opt(
+        0, "tokens of a prompt the encoder reads; 0 = the artifact's (what the policy was trained with)"
+    )
+    embedding_cache_size: int = opt(4096, "prompts whose embeddings stay in memory (LRU); 0 = no cache")
     upstream: str | None = opt(None, "one OpenAI-compatible base URL for every model (typically the gateway)")
     upstream_api_key_env: str = opt("ROUTER_RL_UPSTREAM_API_KEY", "env var holding the key for --upstream")
     upstreams: str | None = opt(None, "YAML/JSON file mapping models to base URLs, names and key env vars")
@@ -80,6 +93,15 @@ class ServeSettings:
             return self.torch_threads
         return max(1, (os.cpu_count() or 2) - 1)
 
+    def router_kwargs(self) -> dict[str, Any]:
+        """The encoder settings as :class:`~router_rl.serve.router.Router` takes them."""
+        return {
+            "encoder_backend": self.encoder_backend,
+            "max_seq_length": self.encoder_max_seq_length or None,
+            "embedding_cache_size": self.embedding_cache_size,
+            "threads": self.resolved_torch_threads(),
+        }
+
     def replace(self, **changes: Any) -> ServeSettings:
         return dataclasses.replace(self, **changes)
 
@@ -107,6 +129,12 @@ class ServeSettings:
             raise bad("batch_max_wait_ms", "milliseconds >= 0")
         if self.torch_threads < 0:
             raise bad("torch_threads", "an integer >= 0 (0: automatic)")
+        if self.encoder_backend not in ("auto", *BACKENDS):
+            raise bad("encoder_backend", f"one of auto, {', '.join(BACKENDS)}")
+        if self.encoder_max_seq_length < 0:
+            raise bad("encoder_max_seq_length", "tokens >= 1, or 0 for the artifact's")
+        if self.embedding_cache_size < 0:
+            raise bad("embedding_cache_size", "an integer >= 0 (0: no cache)")
         if not 0.0 <= self.explore_epsilon <= 1.0:
             raise bad("explore_epsilon", "a probability in [0, 1]")
         if self.upstream and not self.upstream.startswith(("http://", "https://")):

@@ -191,10 +191,12 @@ async def http_load(
     headers: dict[str, str] | None = None,
     on_response: Callable[[int, int, dict[str, str], bytes], None] | None = None,
     timeout_s: float = 120.0,
+    duration_s: float | None = None,
 ) -> LoadResult:
     """POST ``n`` JSON bodies (``body(i)``) to ``url + path`` over ``concurrency`` keep-alive HTTP/1.1
     connections on loopback; a load generator light enough that the server, not the client, is measured.
-    ``on_response(i, status, headers, body)`` sees every answer (header names in lower case)."""
+    ``on_response(i, status, headers, body)`` sees every answer (header names in lower case). With
+    ``duration_s``, no request starts after that many seconds (fewer than ``n`` may be sent)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -205,6 +207,8 @@ async def http_load(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for i in next_index:
+                if stop_at is not None and time.perf_counter() > stop_at:
+                    break
                 data = json.dumps(body(i)).encode()
                 request = (
                     f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -225,6 +229,7 @@ async def http_load(
             writer.close()
 
     t0 = time.perf_counter()
+    stop_at = None if duration_s is None else t0 + duration_s
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - t0
     return result

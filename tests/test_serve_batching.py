@@ -119,6 +119,33 @@ def test_batcher_bounds_batch_size_and_wait() -> None:
     assert waited < 0.5
 
 
+def test_a_lone_request_runs_at_once_and_company_is_waited_for() -> None:
+    calls: list[int] = []
+
+    def echo(xs: list[int]) -> list[int]:
+        calls.append(len(xs))
+        return xs
+
+    async def run() -> tuple[float, float]:
+        batcher = MicroBatcher(echo, max_batch=8, max_wait_s=0.3)
+        await batcher.start()
+        t0 = time.perf_counter()
+        for i in range(3):  # a sequential client: each request alone, after a lone one
+            assert await batcher.submit(i) == i
+        sequential = time.perf_counter() - t0
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(5))) == list(range(5))
+        t0 = time.perf_counter()
+        await batcher.submit(9)  # requests came together last time: this one waits for company
+        after_company = time.perf_counter() - t0
+        await batcher.stop()
+        return sequential, after_company
+
+    sequential, after_company = asyncio.run(run())
+    assert calls[:4] == [1, 1, 1, 5]
+    assert sequential < 0.3  # three lone requests together took less than one max_wait
+    assert after_company >= 0.25
+
+
 def test_batcher_isolates_a_failing_request_and_sheds_load() -> None:
     def picky(xs: list[int]) -> list[int]:
         if any(x < 0 for x in xs):
