@@ -216,8 +216,11 @@ def certified_greedy(
 
 
 def pair_widths(x: np.ndarray, a_inv: np.ndarray, rows: np.ndarray, arms: np.ndarray) -> np.ndarray:
-    """(n,) ``sqrt(x_r^T A_a^{-1} x_r)`` in float64 for the (row, arm) pairs ``rows``, ``arms``."""
+    """(n,) ``sqrt(x_r^T A_a^{-1} x_r)`` in float64 for the (row, arm) pairs ``rows``, ``arms``: the formula of
+    :func:`router_rl.policies.ridge.posterior_width`, one GEMM per arm (each inverse is read once)."""
     out = np.empty(len(rows))
-    for i, (r, a) in enumerate(zip(rows.tolist(), arms.tolist(), strict=True)):
-        out[i] = math.sqrt(max(float(x[r] @ a_inv[a] @ x[r]), 0.0))
+    for arm in np.unique(arms):
+        idx = np.flatnonzero(arms == arm)
+        xr = x[rows[idx]]
+        out[idx] = np.sqrt(np.maximum(np.einsum("rj,rj->r", xr @ a_inv[arm], xr), 0.0))
     return out

@@ -67,8 +67,9 @@ def argmax_probabilities(mean: np.ndarray, sd: np.ndarray, *, nodes: np.ndarray 
 
     Only the factors that matter are evaluated (B K (K - 1) G in the worst case): a factor whose argument is
     at least 8.3 at every node is 1.0 in float64 and skipped, and a model whose product is below 1e-18 at
-    every node (some factor's argument below ``ndtri(1e-18)`` at the largest node) gets 0. The product is
-    taken directly (``ndtr``), not as ``exp(sum log_ndtr)``; the results agree to ~1e-15.
+    every node (some factor's argument below ``ndtri(1e-18)`` at the largest node) gets 0. When less than half
+    the factors can be skipped, all are computed, one competitor at a time (faster than gathering them). The
+    product is taken directly (``ndtr``), not as ``exp(sum log_ndtr)``; the results agree to ~1e-15.
     """
     mean = np.asarray(mean, dtype=np.float64)
     sd = np.maximum(np.asarray(sd, dtype=np.float64), _SD_FLOOR)
@@ -83,8 +84,17 @@ def argmax_probabilities(mean: np.ndarray, sd: np.ndarray, *, nodes: np.ndarray 
         ratio = s[:, :, None] / s[:, None, :]  # s_k / s_j > 0: the argument grows with z
         live = ~((shift + ratio * z.max() < _LOG_FLOOR_ARG) & off_diag).any(axis=2)  # (b, K)
         need = live[:, :, None] & off_diag & (shift + ratio * z.min() < _ONE_ARG)
-        ib, ik, ij = np.nonzero(need)
         block = out[start : start + chunk]
+        if need.sum() > 0.5 * need.size:  # little to skip: every factor, one competitor j at a time
+            t = m[:, :, None] + s[:, :, None] * z  # (b, K, G): the draw of model k at each node
+            prod = np.ones_like(t)
+            for j in range(k):
+                phi = _ndtr((t - m[:, j, None, None]) / s[:, j, None, None])
+                phi[:, j, :] = 1.0
+                prod *= phi
+            block[...] = np.where(live, prod.mean(axis=2), 0.0)
+            continue
+        ib, ik, ij = np.nonzero(need)
         block[live] = 1.0  # models with no factor below 1: product 1 at every node
         if len(ib):
             phi = _ndtr(shift[ib, ik, ij, None] + ratio[ib, ik, ij, None] * z)  # (pairs, G)
