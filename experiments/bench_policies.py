@@ -378,7 +378,7 @@ def bench_scaling(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
     """Decision cost (explore, batch 256) against the number of models and the embedding size."""
     cfgs = policy_configs(["linucb", "lin_ts"])
     out: dict[str, Any] = {"models": {}, "dim": {}}
-    n_obs = 2000 if args.quick else 10_000
+    n_obs = 1000 if args.quick else 10_000
 
     def one(name: str, k: int, d: int) -> float:
         problem = Problem(k, d, seed=2)
@@ -388,15 +388,15 @@ def bench_scaling(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
             a = problem.rng.integers(k, size=1000)
             policy.update(x, a, *problem.feedback(x, a))
         x = problem.contexts(256)
-        return timed(lambda: policy.probs(x, cost_weight=0.2, explore=True), repeats=3) / 256 * 1e6
+        return timed(lambda: policy.probs(x, cost_weight=0.2, explore=True), repeats=args.repeats) / 256 * 1e6
 
     for k in args.scale_models:
         row = {name: one(name, k, 384) for name in ("linucb", "lin_ts")}
         problem = Problem(k, 384, seed=2)
         vw = VWCore(k)
-        vw.train(problem, 1000 if args.quick else 2000)
+        vw.train(problem, 500 if args.quick else 2000)
         ex = vw.examples(problem.contexts(256))
-        row["vw core"] = timed(lambda vw=vw, ex=ex: vw.predict(ex), repeats=3) / 256 * 1e6
+        row["vw core"] = timed(lambda vw=vw, ex=ex: vw.predict(ex), repeats=args.repeats) / 256 * 1e6
         out["models"][k] = row
         bar.update(1)
     for d in args.scale_dims:
@@ -544,6 +544,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax2.set(xscale="log", yscale="log", xlabel=f"embedding dim ({res['config']['models']} models)")
     ax2.set_xticks(ds, [str(d) for d in ds])
     for ax in (ax1, ax2):
+        ax.minorticks_off()
         ax.axhline(20, color="grey", ls=":", lw=1, label="20 µs target")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -568,12 +569,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     args.models = 10
-    args.observations = 2000 if args.quick else 10_000
+    args.observations = 1000 if args.quick else 10_000
     args.repeats = 3 if args.quick else 7
     args.inner = 20 if args.quick else 100
     args.env_steps = 1000 if args.quick else 6400
-    args.train_steps = args.train_steps or (5000 if args.quick else 100_000)
-    args.scale_models = [2, 8, 16] if args.quick else [2, 4, 8, 16, 32, 64]
+    args.train_steps = args.train_steps or (3000 if args.quick else 100_000)
+    args.scale_models = [2, 16] if args.quick else [2, 4, 8, 16, 32, 64]
     args.scale_dims = [64, 384] if args.quick else [64, 128, 256, 384, 768, 1024]
     if args.quick:
         args.policies = [p for p in args.policies if p not in ("neural_ts", "mlp")]
