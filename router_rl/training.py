@@ -294,14 +294,15 @@ def fit_policy(
     on_log: Any = None,
 ) -> dict[str, Any]:
     """Train ``policy`` on prompt ``rows``: from bandit feedback in the simulator (:func:`learn`), or, for a
-    supervised router (a policy with ``fit``), from the full outcome table of those rows. A policy with a
+    supervised router (``policy.supervised``: kNN, MLP, RouteLLM's), from the full outcome table of those rows. A policy with a
     ``warm_start_spec`` (its config's ``warm_start`` block) first takes a seeded share of ``rows`` with full
     outcomes as its prior, then learns from bandit feedback on all of ``rows``."""
     from router_rl.envs.latency import expected_latency
 
     d = setup.data
     spec = getattr(policy, "warm_start_spec", None)
-    supervised = callable(getattr(policy, "fit", None))
+    # a bandit may have ``fit`` too (neural TS: an optional prior); only supervised routers skip the bandit loop
+    supervised = bool(getattr(policy, "supervised", False))
     if supervised or spec:
         latency = expected_latency(d, float(setup.env_options.get("latency_sigma", 0.25)))
     if supervised:

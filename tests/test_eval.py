@@ -15,14 +15,18 @@ from router_rl.evaluation import aggregate_reports, to_json
 def test_eval_compares_policies_and_an_artifact_over_seeds(debug_run: dict, tmp_path: Path) -> None:
     artifact = debug_run["out"] / "artifact"
     proc = run_cli(
-        ["eval", "debug=default", "policies=[linucb,lin_ts,lin_ts_warm,mlp,zero_router]", "evaluation.seeds=[0,1]",
+        ["eval", "debug=default", "policies=[linucb,lin_ts,lin_ts_warm,neural_ts,mlp,zero_router]", "evaluation.seeds=[0,1]",
          f"artifacts=[{artifact}]", "hydra.run.dir=out"],
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["seeds"] == [0, 1]
-    assert set(report["policies"]) == {"linucb", "lin_ts", "lin_ts_warm", "mlp", "zero_router", "artifact"}
+    assert set(report["policies"]) == {
+        "linucb", "lin_ts", "lin_ts_warm", "neural_ts", "mlp", "zero_router", "artifact"
+    }  # fmt: skip
+    # neural TS has fit (an optional prior) but is a bandit: it learns from feedback, the MLP from full tables
+    assert report["train"]["neural_ts"]["steps"] > 0 and report["train"]["mlp"]["full_information"] == 1.0
     # the warm-started LinTS took a quarter of each training split's prompts with full outcomes as its prior
     n_train = report["n_prompts"] // 2  # two folds
     assert report["train"]["lin_ts_warm"]["warm_start_prompts"] == pytest.approx(round(0.25 * n_train), abs=1)
