@@ -3,9 +3,11 @@
     python experiments/gpu_serving_bench.py                       # cuda when present, else cpu; default sizes
     python experiments/gpu_serving_bench.py --device cpu --batch-sizes 1 8 --repeats 3 --tiny
     python experiments/gpu_serving_bench.py --artifact outputs/.../artifact
+    python experiments/gpu_serving_bench.py --backend onnx       # ONNX Runtime (CUDA provider with onnxruntime-gpu)
 
 For each batch size B it times, after warm-up, ``repeats`` passes of
-  - embed: the sentence-transformers encoder on B distinct prompts (tokenisation included, no cache),
+  - embed: the encoder (``--backend``: torch, onnx or onnx-int8) on B distinct prompts (tokenisation included,
+    no cache),
   - head: the linear policy head (quality, cost, latency estimates and the decision scores) on B embeddings,
   - decide: both, as the service's micro-batcher runs them (``Router.decide_requests``),
 with ``torch.cuda.synchronize()`` around every pass on cuda. It writes
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
             cost_usd=list(np.geomspace(1e-5, 1e-2, k)),
             slope=1.0,
         )
-    router = Router(path, device=device)
+    router = Router(path, device=device, encoder_backend=args.backend, threads=torch.get_num_threads())
     router.embed(_prompts(8, 0))  # load and warm the encoder
     rows = []
     for b in args.batch_sizes:
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "encoder": router.artifact.manifest["embedder"]["id"],
+        "encoder_backend": router.embedder.backend,
         "max_seq_length": router.embedder.max_seq_length,
         "models": len(router.models),
         "repeats": args.repeats,
@@ -161,6 +164,7 @@ def write(report: dict, out_dir: Path, tag: str) -> tuple[Path, Path]:
         f"# Serving decision benchmark: {info['device']} ({info['device_name']})",
         "",
         f"torch {info['torch']} ({info['torch_threads']} CPU threads), encoder `{info['encoder']}` "
+        f"on {info.get('encoder_backend', 'torch')} "
         f"(max_seq_length {info['max_seq_length']}), {info['models']} models, {info['repeats']} timed passes "
         f"per cell, {info['created_at']}. Produced by `experiments/gpu_serving_bench.py`.",
         "",
@@ -181,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     parser.add_argument("--artifact", default=None, help="an exported artifact (default: a toy 16-model one)")
+    parser.add_argument(
+        "--backend", default="torch", help="encoder backend: torch, onnx, onnx-int8 or auto (onnx on CPU)"
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=20, help="timed passes per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed passes per batch size")
