@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -234,7 +234,7 @@ def create_app(
     *,
     upstreams: UpstreamMap | None = None,
     decision_log: DecisionLog | None = None,
-    client: httpx.AsyncClient | None = None,
+    client: aiohttp.ClientSession | None = None,
     artifact_source: str | None = None,
     resolve: Callable[[str], str] | None = None,
     handle_sighup: bool = False,
@@ -246,8 +246,8 @@ def create_app(
         settings: limits, batching, auth, logging (default :class:`ServeSettings`).
         upstreams: where chat requests go (default: built from ``settings.upstream``/``settings.upstreams``).
         decision_log: the decision log (default: opened at ``settings.log_db``; none when that is empty).
-        client: the httpx client for upstream calls (default: a pooled client from the settings); the app
-            closes only a client it created.
+        client: the aiohttp session for upstream calls (default: a pooled one from the settings, made at
+            startup); the app closes only a session it created.
         artifact_source: what ``/admin/reload`` and SIGHUP reload by default (default: the router's path).
         resolve: maps a reload source to an artifact directory (the CLI resolves ``models:/`` URIs with it).
         handle_sighup: reload the artifact on SIGHUP (the CLI sets it; tests leave it off).
@@ -322,7 +322,7 @@ def create_app(
         finally:  # uvicorn has stopped accepting and waited for in-flight requests: drain and close
             await service.batcher.stop()
             if own_client:
-                await service.client.aclose()
+                await service.client.close()
             if own_log and service.decision_log is not None:
                 await loop.run_in_executor(None, service.decision_log.close)
             torch.set_num_threads(threads_before)

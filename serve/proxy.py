@@ -9,13 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router_rl.serve.errors import APIError, error_body
 from router_rl.serve.router import Router
 from router_rl.serve.service import Routed, Service
-from router_rl.serve.upstreams import Attempt, call_json, open_stream
+from router_rl.serve.upstreams import CALL_ERRORS, Attempt, UpstreamResponse, call_json, open_stream
 
 HEADER_MODEL = "x-router-model"
 HEADER_DECISION = "x-router-decision-id"
@@ -154,7 +153,7 @@ class ChatProxy:
         )
 
     def _client_error(
-        self, routed: Routed, attempt: Attempt, resp: httpx.Response, attempts: int
+        self, routed: Routed, attempt: Attempt, resp: UpstreamResponse, attempts: int
     ) -> Response:
         if self.service.decision_log is not None:
             self.service.decision_log.log_outcome(
@@ -224,7 +223,7 @@ class ChatProxy:
     async def _relay(
         self,
         routed: Routed,
-        resp: httpx.Response,
+        resp: UpstreamResponse,
         model: str,
         key: str,
         attempt: Attempt,
@@ -241,7 +240,7 @@ class ChatProxy:
                 usage = chunk_usage or usage
                 if out is not None:
                     yield (out + "\n").encode()
-        except httpx.HTTPError as err:  # the upstream broke mid-stream: too late to fall back; say so and end
+        except CALL_ERRORS as err:  # the upstream broke mid-stream: too late to fall back; say so and end
             status = "stream_error"
             self.metrics.upstream_errors.labels(model=model, kind="stream").inc()
             event = error_body(

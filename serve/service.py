@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 
 from router_rl.serve.artifact import load_artifact
@@ -48,7 +48,7 @@ class Service:
     decision_log: DecisionLog | None
     artifact_source: str
     resolve: Callable[[str], str]
-    client: httpx.AsyncClient | None = None
+    client: aiohttp.ClientSession | None = None
     batcher: MicroBatcher | None = None
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     started_at: float = field(default_factory=time.time)
