@@ -306,6 +306,9 @@ def bench_agreement(artifact: Path, cfg: dict, threads: int, bar: tqdm) -> dict:
     return {
         "artifact": str(artifact),
         "policy": reference.artifact.manifest.get("policy_class", reference.artifact.manifest["policy_kind"]),
+        "policy_config": reference.artifact.manifest.get("policy_config"),
+        "trained_on": reference.artifact.manifest.get("dataset"),
+        "default_cost_weight": reference.artifact.manifest.get("default_cost_weight"),
         "prompts": n,
         "complete_prompts": int(complete.sum()),
         "cost_weights": COST_WEIGHTS,
@@ -529,6 +532,14 @@ def _md_embedding(rows: list[dict]) -> list[str]:
 def _md_agreement(ag: dict) -> list[str]:
     lines = [
         f"## Same decisions? {ag['prompts']} arena prompts, policy `{ag['policy']}` (`{ag['artifact']}`)",
+        "",
+        (
+            f"Policy configuration {json.dumps(ag['policy_config'])}, trained on {ag.get('trained_on')}. "
+            if ag.get("policy_config")
+            else ""
+        )
+        + f"With torch embeddings it picks {min(ag['models_chosen_by_torch'].values())} to "
+        f"{max(ag['models_chosen_by_torch'].values())} different models per cost weight.",
         "",
         f"Share of prompts routed to the same model as with torch embeddings, over the {len(ag['cost_weights'])} "
         f"cost weights of the evaluation sweep; frontier on the {ag['complete_prompts']} prompts with every "

@@ -69,7 +69,9 @@ class ServeSettings:
     max_prompt_chars: int = opt(32_000, "longer prompts (the routed text) get 400")
     max_messages: int = opt(1_000, "chat requests with more messages get 400")
     batch_max_size: int = opt(64, "most requests per micro-batch (one encoder + head pass)")
-    batch_max_wait_ms: float = opt(2.0, "how long a batch's first request waits for company")
+    batch_max_wait_ms: float = opt(
+        2.0, "how long a batch's first request waits for company, when the previous batch had some"
+    )
     max_queue: int = opt(2_048, "requests waiting for a decision before new ones get 503")
     log_db: str | None = opt("router-rl-decisions.sqlite", 'decision log (sqlite, WAL); "" or none: no log')
     log_prompts: bool = opt(False, "store prompt text in the decision log (else only its sha256)")
