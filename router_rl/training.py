@@ -294,9 +294,9 @@ def fit_policy(
     on_log: Any = None,
 ) -> dict[str, Any]:
     """Train ``policy`` on prompt ``rows``: from bandit feedback in the simulator (:func:`learn`), or, for a
-    supervised router (``policy.supervised``: kNN, MLP, RouteLLM's), from the full outcome table of those rows. A policy with a
-    ``warm_start_spec`` (its config's ``warm_start`` block) first takes a seeded share of ``rows`` with full
-    outcomes as its prior, then learns from bandit feedback on all of ``rows``."""
+    supervised router (``policy.supervised``: kNN, MLP, RouteLLM's), from the full outcome table of those
+    rows. A policy with a ``warm_start_spec`` (its config's ``warm_start`` block) first takes a seeded share of
+    ``rows`` with full outcomes as its prior, then learns from bandit feedback on all of ``rows``."""
     from router_rl.envs.latency import expected_latency
 
     d = setup.data
@@ -626,7 +626,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             models: list[str], dim: int, seed: int, option: str = str(option), params=params
         ) -> Policy:
             # resolved per run seed, so a seeded policy (MLP init, TS draws) varies with evaluation.seeds
-            return make_policy(policy_option(option, params, root=_with_seed(cfg, seed)), models, dim)
+            return make_policy(policy_option(option, params, root=cfg, seed=seed), models, dim)
 
         learners[label] = factory
     artifacts = {Path(str(p)).name or str(p): str(p) for p in cfg.get("artifacts", [])}
@@ -645,11 +645,13 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     )
 
 
-def policy_option(option: str, overrides: Any = None, *, root: DictConfig | None = None) -> DictConfig:
+def policy_option(
+    option: str, overrides: Any = None, *, root: DictConfig | None = None, seed: int | None = None
+) -> DictConfig:
     """The config of ``configs/policy/<option>.yaml`` (as shipped in the package), with ``overrides``.
 
     With ``root`` (the job's config) it is attached as ``root.policy`` of a copy, so interpolations such as
-    ``${seed}`` resolve against the job's values."""
+    ``${seed}`` resolve against the job's values; ``seed`` replaces the copy's ``seed`` first."""
     from importlib.resources import files
 
     folder = files("router_rl.configs").joinpath("policy")
@@ -663,6 +665,8 @@ def policy_option(option: str, overrides: Any = None, *, root: DictConfig | None
     if root is None:
         return cfg
     holder = OmegaConf.create(OmegaConf.to_container(root, resolve=False))
+    if seed is not None:
+        holder.seed = int(seed)
     holder.policy = cfg
     return holder.policy
 
