@@ -5,6 +5,7 @@
         stub.reply = lambda req: "Rating: [[7]]"   # the assistant text for a request (default: echoes)
         stub.fail_next(429, retry_after=0.1)   # the next request gets a 429 (queue several)
         stub.fail_next(500); stub.fail_next("timeout", delay=2.0); stub.fail_next("malformed")
+        stub.fail_next(500, model="big")       # ... the next request for model "big"
         stub.requests                          # every request received: {"path", "headers", "json", "t"}
         stub.chunk_delay = 0.05                # seconds between streamed chunks (default 0: no pause)
 
@@ -15,6 +16,7 @@ Streaming (``"stream": true``) answers with server-sent events in OpenAI's chunk
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -85,7 +87,11 @@ class OpenAIStub:
                     stub.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "json": req, "t": time.monotonic()}
                     )
-                    failure = stub._failures.popleft() if stub._failures else None
+                    failure = next(
+                        (f for f in stub._failures if f[1].get("model") in (None, req.get("model"))), None
+                    )
+                    if failure is not None:
+                        stub._failures.remove(failure)
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
@@ -165,7 +171,18 @@ class OpenAIStub:
 
         # backlog: the listen queue; raise it for many concurrent clients (a full queue drops SYNs, which the
         # client retransmits after ~1 s)
-        server_cls = type("StubServer", (ThreadingHTTPServer,), {"request_queue_size": int(backlog)})
+        def handle_error(server: ThreadingHTTPServer, request: Any, client_address: Any) -> None:
+            # a client that gave up (its timeout passed while a stalled answer was pending) closes the socket:
+            # the late write fails with a broken pipe, which is expected here, not a server error
+            if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                return
+            ThreadingHTTPServer.handle_error(server, request, client_address)
+
+        server_cls = type(
+            "StubServer",
+            (ThreadingHTTPServer,),
+            {"request_queue_size": int(backlog), "handle_error": handle_error},
+        )
         self._server = server_cls((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -177,7 +194,8 @@ class OpenAIStub:
 
     def fail_next(self, kind: int | str, **opts: Any) -> None:
         """Queue a failure for the next request: an HTTP status (``retry_after=`` adds the header),
-        ``"timeout"`` (sleep ``delay`` seconds, then answer normally) or ``"malformed"`` (a 200 that is not JSON)."""
+        ``"timeout"`` (sleep ``delay`` seconds, then answer normally) or ``"malformed"`` (a 200 that is not JSON).
+        ``model=NAME`` saves it for the next request for that model."""
         with self._lock:
             self._failures.append((kind, opts))
 
