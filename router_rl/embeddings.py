@@ -117,11 +117,11 @@ class _LRU:
     def key(text: str) -> bytes:
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    def get(self, key: bytes) -> np.ndarray | None:
+    def get(self, key: bytes, *, count_miss: bool = True) -> np.ndarray | None:
         with self._lock:
             vector = self._items.get(key)
             if vector is None:
-                self.misses += 1
+                self.misses += count_miss
                 return None
             self._items.move_to_end(key)
             self.hits += 1
@@ -301,6 +301,14 @@ class Embedder:
             self._cache.put_many(self.encoder_id, missing, new)
             cached.update({_text_key(t): v for t, v in zip(missing, new, strict=True)})
         return np.stack([cached[_text_key(t)] for t in texts]).astype(np.float32, copy=False)
+
+    def cached(self, text: str) -> np.ndarray | None:
+        """The (d,) embedding of ``text`` when the memory cache holds it (a hit), else None (not counted as a
+        miss: the caller falls back to :meth:`encode`, which counts it). No encoder work, any thread."""
+        memory = self._memory
+        if memory is None:
+            return None
+        return memory.get(memory.key(str(text)), count_miss=False)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, d) float32 embeddings of ``texts``, from the caches where possible."""

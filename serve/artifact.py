@@ -9,6 +9,7 @@ an :class:`ArtifactError` that says what is wrong. Nothing here imports training
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ class Artifact:
     tensors: dict[str, Any]
     device: str
 
-    @property
+    @functools.cached_property
     def models(self) -> list[str]:
+        """Model names in the manifest's order (the manifest is fixed once loaded)."""
         return [m["name"] for m in self.manifest["models"]]
 
     @property
@@ -66,6 +68,19 @@ class Artifact:
     def version(self) -> str:
         """A short, stable policy version: the weights' hash prefix."""
         return self.manifest["files"][WEIGHTS][:12]
+
+    @functools.cached_property
+    def theta(self) -> Any:
+        """(3, K, D) the quality, cost and latency heads stacked (torch, on ``device``), built once."""
+        import torch
+
+        return torch.stack([self.tensors[n] for n in LINEAR_TENSORS])
+
+    @functools.cached_property
+    def theta_t(self) -> np.ndarray:
+        """(D, 3K) float32 numpy: the heads as one matrix for the CPU path of :func:`linear_estimates`."""
+        t = self.theta.detach().float().cpu().numpy()
+        return np.ascontiguousarray(t.reshape(-1, t.shape[-1]).T)
 
 
 def _require(manifest: dict[str, Any], key: str, where: Path) -> Any:
@@ -217,13 +232,26 @@ def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:
 
 
 def linear_estimates(artifact: Artifact, x):
-    """(3, B, K) predicted quality, normalised cost and latency for embeddings ``x`` (B, d) (torch)."""
+    """(3, B, K) predicted quality, normalised cost and latency for embeddings ``x`` (B, d), float32.
+
+    On a CPU artifact a numpy ``x`` gets a numpy answer: one BLAS product, microseconds for a request (torch's
+    per-operation overhead is ~10x that at batch 1). On an accelerator, or for a torch ``x``, torch on the
+    artifact's device. Either way float32 products of the same weights: the two differ only in summation order
+    (~1e-7 relative), which tests check leaves the decisions unchanged.
+    """
     import torch
 
+    if artifact.device == "cpu" and not isinstance(x, torch.Tensor):
+        x = np.asarray(x, dtype=np.float32)
+        b, d = x.shape
+        xb = np.empty((b, d + 1), dtype=np.float32)
+        xb[:, :d] = x
+        xb[:, d] = 1.0
+        k = artifact.theta.shape[1]
+        return (xb @ artifact.theta_t).reshape(b, 3, k).transpose(1, 0, 2)
     x = torch.as_tensor(x, dtype=torch.float32, device=artifact.device)
     xb = torch.cat([x, torch.ones((x.shape[0], 1), dtype=x.dtype, device=x.device)], dim=1)
-    theta = torch.stack([artifact.tensors[n] for n in LINEAR_TENSORS])  # (3, K, D)
-    return torch.einsum("bd,hkd->hbk", xb, theta)
+    return torch.einsum("bd,hkd->hbk", xb, artifact.theta)
 
 
 def decision_scores(
@@ -268,28 +296,26 @@ def scores_from_estimates(
     Every operation is row-wise, so scoring a slice of a batch gives exactly what scoring those rows alone
     gives: the serving module runs the head once per micro-batch and scores each request with its own limits.
     """
-    import torch
-
+    if not isinstance(est, np.ndarray):  # torch, from an accelerator: score on the host (B x K is small)
+        est = est.detach().float().cpu().numpy()
     w = artifact.manifest.get("default_cost_weight", 0.0) if cost_weight is None else cost_weight
     lam = artifact.manifest.get("latency_weight", 0.0) if latency_weight is None else latency_weight
     q, c, lat = est[0], est[1], est[2]
-    scores = q - float(w) * c - float(lam) * lat
-    allowed = torch.ones_like(scores, dtype=torch.bool)
+    scores = q - float(w) * c - float(lam) * lat  # float32, as the estimates
+    allowed = np.ones(scores.shape, dtype=bool)
     if candidates is not None:
         unknown = [m for m in candidates if m not in artifact.models]
         if unknown:
             raise ValueError(f"unknown candidate model(s) {unknown}; this router knows {artifact.models}")
-        mask = torch.tensor([m in candidates for m in artifact.models], device=scores.device)
-        allowed &= mask.unsqueeze(0)
+        allowed &= np.array([m in candidates for m in artifact.models])[None, :]
+    rows = np.arange(scores.shape[0])
     if max_cost_usd is not None:
         within = c * artifact.cost_scale <= max_cost_usd
-        cheapest = torch.where(allowed, c, torch.inf).argmin(dim=1, keepdim=True)
-        within.scatter_(1, cheapest, True)
+        within[rows, np.where(allowed, c, np.inf).argmin(axis=1)] = True  # the cheapest allowed stays
         allowed &= within
     if latency_budget_s is not None:
         within = lat <= latency_budget_s
-        fastest = torch.where(allowed, lat, torch.inf).argmin(dim=1, keepdim=True)
-        within.scatter_(1, fastest, True)
+        within[rows, np.where(allowed, lat, np.inf).argmin(axis=1)] = True
         allowed &= within
-    scores = torch.where(allowed, scores, -torch.inf)
-    return scores.double().cpu().numpy(), est.double().cpu().numpy()
+    scores = np.where(allowed, scores, -np.inf)
+    return scores.astype(np.float64), est.astype(np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,21 @@ class Router:
         if len(prompts) != len(limits):
             raise ValueError(f"{len(prompts)} prompts but {len(limits)} limit sets")
         x = self.embed(prompts)
+        return self.decide_rows(x, limits), x
+
+    def decide_cached(self, prompt: str, limits: dict[str, Any]) -> tuple[Decision, np.ndarray] | None:
+        """The decision for ``prompt`` when the embedder's memory cache holds its embedding (only the head
+        runs: cheap enough for the event loop), else None. Same decision as :meth:`decide_requests`."""
+        v = self.embedder.cached(prompt)
+        if v is None:
+            return None
+        x = v[None, :]
+        return self.decide_rows(x, [limits])[0], x
+
+    def decide_rows(self, x: np.ndarray, limits: list[dict[str, Any]]) -> list[Decision]:
+        """Decisions for embeddings ``x`` (B, d), row ``i`` under ``limits[i]``: one head pass for the batch."""
+        if x.shape[0] != len(limits):
+            raise ValueError(f"{x.shape[0]} embeddings but {len(limits)} limit sets")
         self.n_head_calls += 1
         est = linear_estimates(self.artifact, x)
         groups: dict[tuple, list[int]] = {}
@@ -152,40 +168,38 @@ class Router:
                 raise ValueError(f"unknown limit(s) {sorted(unknown)}; expected some of {LIMIT_KEYS}")
             key = tuple(tuple(lim[k]) if isinstance(lim.get(k), list) else lim.get(k) for k in LIMIT_KEYS)
             groups.setdefault(key, []).append(i)
-        out: list[Decision | None] = [None] * len(prompts)
+        out: list[Decision | None] = [None] * len(limits)
         for rows in groups.values():
             lim = limits[rows[0]]
-            scores, sub = scores_from_estimates(self.artifact, est[:, rows], **lim)
+            part = est if len(rows) == len(limits) else est[:, rows]
+            scores, sub = scores_from_estimates(self.artifact, part, **lim)
             for i, decision in zip(rows, self._decisions(scores, sub), strict=True):
                 out[i] = decision
-        return out, x  # type: ignore[return-value]
+        return out  # type: ignore[return-value]
 
     def _decisions(self, scores: np.ndarray, est: np.ndarray) -> list[Decision]:
         models = self.models
-        scale = self.artifact.cost_scale
+        version = self.artifact.version
+        best = scores.max(axis=1, keepdims=True)
+        ties = scores >= best - 1e-12
+        choices = ties.argmax(axis=1).tolist()  # the first of the tied best
+        n_ties = ties.sum(axis=1).tolist()
+        est = est.copy()
+        est[1] *= self.artifact.cost_scale
+        # python floats from .tolist(): ~10x cheaper than float() on numpy scalars, same values
+        q, c, lat = (e.tolist() for e in est)
         out = []
-        for i in range(scores.shape[0]):
-            row = scores[i]
-            best = row.max()
-            ties = np.flatnonzero(row >= best - 1e-12)
-            choice = int(ties[0])
+        for i, row in enumerate(scores.tolist()):
             out.append(
                 Decision(
-                    model=models[choice],
-                    scores={
-                        m: (None if not np.isfinite(s) else float(s))
-                        for m, s in zip(models, row, strict=True)
-                    },
-                    propensity=1.0 / len(ties),
+                    model=models[choices[i]],
+                    scores={m: (s if math.isfinite(s) else None) for m, s in zip(models, row, strict=True)},
+                    propensity=1.0 / n_ties[i],
                     estimates={
-                        m: {
-                            "quality": float(est[0, i, k]),
-                            "cost_usd": float(est[1, i, k] * scale),
-                            "latency_s": float(est[2, i, k]),
-                        }
-                        for k, m in enumerate(models)
+                        m: {"quality": qk, "cost_usd": ck, "latency_s": lk}
+                        for m, qk, ck, lk in zip(models, q[i], c[i], lat[i], strict=True)
                     },
-                    policy_version=self.artifact.version,
+                    policy_version=version,
                 )
             )
         return out

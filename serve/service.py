@@ -67,11 +67,23 @@ class Service:
             self.metrics.embedding_cache.labels(result="miss").inc(len(payloads) - new_hits)
         return [Routed(d, x[i], router, payloads[i][1]) for i, d in enumerate(decisions)]
 
+    def _cached(self, prompt: str, limits: dict[str, Any]) -> Routed | None:
+        """A prompt whose embedding is cached, decided here on the event loop (the head alone, no encoder)."""
+        router = self.router
+        found = router.decide_cached(prompt, limits)
+        if found is None:
+            return None
+        self.metrics.embedding_cache.labels(result="hit").inc()
+        decision, x = found
+        return Routed(decision, x[0], router, limits)
+
     async def decide(self, prompt: str, limits: dict[str, Any]) -> Routed:
         assert self.batcher is not None
         t0 = time.perf_counter()
         try:
-            routed = await self.batcher.submit((prompt, limits))
+            routed = self._cached(prompt, limits) if self.settings.inline_cached else None
+            if routed is None:
+                routed = await self.batcher.submit((prompt, limits))
         except Overloaded as err:
             raise APIError(
                 503,

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from router_rl.embeddings import Embedder
 from router_rl.serve.app import create_app
 from router_rl.serve.batching import MicroBatcher, Overloaded
 from router_rl.serve.router import Router, explore
@@ -178,3 +179,70 @@ def test_epsilon_greedy_propensities_match_the_choice_frequencies(router: Router
         assert len(picked) / n == pytest.approx(expected, abs=0.025)
     assert not any(d.model == "d" for d in draws)  # never an excluded model
     assert explore(decision, 0.0, rng) is decision
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_cached_prompt_is_decided_on_the_event_loop(router: Router, inline: bool) -> None:
+    """With its embedding in the memory cache, a prompt skips the batcher (inline_cached, the default): the
+    head alone runs on the event loop and the decision is the batched one; with the setting off it queues."""
+    embedder = Embedder(router.embedder.model_name, device="cpu", memory_cache_size=64)
+    cached = Router(router.artifact, device="cpu", embedder=embedder)
+    app = create_app(cached, ServeSettings(log_db=None, inline_cached=inline))
+    prompts = PROMPTS[:6]
+    limits = [
+        {"cost_weight": 0.0},
+        {"cost_weight": 5.0},
+        {"candidates": ["b", "d"]},
+        {"latency_budget_s": 0.6},
+    ]
+    with ServerThread(app) as server:
+        batcher = app.state.service.batcher
+        for p in prompts:  # new prompts: encoded through the batcher, then in the cache
+            assert httpx.post(f"{server.url}/v1/route", json={"prompt": p}).status_code == 200
+        batches = batcher.n_batches
+        again = [
+            httpx.post(f"{server.url}/v1/route", json={"prompt": p, **lim}).json()
+            for p in prompts
+            for lim in limits
+        ]
+        registry = app.state.service.metrics.registry
+        hits = registry.get_sample_value("router_rl_embedding_cache_total", {"result": "hit"})
+        misses = registry.get_sample_value("router_rl_embedding_cache_total", {"result": "miss"})
+    assert batches == len(prompts) and misses == len(prompts)
+    assert batcher.n_batches == batches + (0 if inline else len(again))
+    assert hits == len(again)
+    for a, (p, lim) in zip(again, [(p, lim) for p in prompts for lim in limits], strict=True):
+        d = router.decide([p], **lim)[0]
+        assert a["model"] == d.model, (p, lim)
+        assert a["scores"] == pytest.approx(d.scores, abs=1e-6)
+    assert len({a["model"] for a in again}) > 1
+
+
+def test_the_numpy_head_decides_like_the_torch_head(router: Router) -> None:
+    """On CPU the head runs in numpy (microseconds per request); a torch input takes the torch path (as on an
+    accelerator). Both are float32 products of the same weights: equal to ~1e-7 and the same decisions under
+    every kind of limit."""
+    import torch
+
+    from router_rl.serve.artifact import decision_scores, linear_estimates
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    art = router.artifact
+    est_np = linear_estimates(art, x)
+    assert isinstance(est_np, np.ndarray) and est_np.shape == (3, 2000, len(MODELS))
+    np.testing.assert_allclose(est_np, linear_estimates(art, torch.from_numpy(x)).numpy(), atol=1e-6)
+    for limits in (
+        {"cost_weight": 0.0},
+        {"cost_weight": 5.0},
+        {"candidates": ["b", "d"]},
+        {"latency_budget_s": 0.6},
+        {"max_cost_usd": 0.0025},
+    ):
+        s_np, e_np = decision_scores(art, x, **limits)
+        s_t, e_t = decision_scores(art, torch.from_numpy(x), **limits)
+        np.testing.assert_array_equal(np.isfinite(s_np), np.isfinite(s_t))
+        np.testing.assert_allclose(s_np[np.isfinite(s_np)], s_t[np.isfinite(s_t)], atol=1e-6)
+        np.testing.assert_array_equal(s_np.argmax(axis=1), s_t.argmax(axis=1))
+        assert len(np.unique(s_np.argmax(axis=1))) > 1, limits
