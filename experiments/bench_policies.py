@@ -231,11 +231,15 @@ def bench_policies(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
     out["vw core"] = measure(vw.predict, None, vw_update, prepare=vw.examples)
     bar.update(1)
 
-    for name in names:
+    runs = [(name, name, {}) for name in names]
+    if "linucb" in names and (os.cpu_count() or 1) >= 2:
+        # LinUCB's exploration bonus shared by two threads (its `threads` option; BLAS stays at one thread)
+        runs.insert(names.index("linucb") + 1, ("linucb (2 threads)", "linucb", {"threads": 2}))
+    for label, name, overrides in runs:
         kk = 2 if name == "routellm_mf" else k
         problem = Problem(kk, d, seed=1)
         models = [f"model-{i}" for i in range(kk)]
-        policy = build(cfgs[name], models, d)
+        policy = build(cfgs[name], models, d, **overrides)
         n_obs = args.observations
         if name in SUPERVISED:
             n_fit = SUPERVISED[name] if not args.quick else 500
@@ -251,12 +255,12 @@ def bench_policies(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
             a = problem.rng.integers(len(policy.models), size=b)  # feedback on uniformly chosen models
             policy.update(x, a, *problem.feedback(x, a))
 
-        out[name] = measure(
+        out[label] = measure(
             lambda x, policy=policy: policy.probs(x, cost_weight=0.2, explore=True),
             lambda x, policy=policy: policy.probs(x, cost_weight=0.2, explore=False),
             update,
         )
-        out[name]["models"] = kk
+        out[label]["models"] = kk
         bar.update(1)
     for res in out.values():
         for key in [k for k in res if k.endswith(("_b1", "_b256"))]:
@@ -586,7 +590,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_steps": args.train_steps,
     }
     total = 0
-    total += (len(args.policies) + 1) * ("policies" in args.sections)
+    two_threads = "linucb" in args.policies and (os.cpu_count() or 1) >= 2  # the extra "linucb (2 threads)"
+    total += (len(args.policies) + 1 + two_threads) * ("policies" in args.sections)
     total += 4 * ("env" in args.sections) + ("training" in args.sections)
     total += (len(args.scale_models) + len(args.scale_dims)) * ("scaling" in args.sections)
     with tqdm(total=total, desc="bench", unit="part", dynamic_ncols=True) as bar:

@@ -77,7 +77,15 @@ PROFILES = {
         "embed_seconds": 4.5,
         "rounds": 3,
         "agreement_prompts": None,  # all 300
-        "variants": [("onnx", None), ("onnx-int8", None), ("onnx", 128), ("onnx-int8", 128)],
+        "variants": [
+            ("onnx", None),
+            ("onnx-int8", None),
+            ("onnx", 128),
+            ("onnx-int8", 128),
+            ("onnx", 64),
+            ("onnx", 32),
+            ("onnx-int8", 32),
+        ],
         "service_backends": list(BACKENDS),
         "c1_seconds": 5.0,
         "load_seconds": 6.0,
@@ -419,7 +427,13 @@ def bench_service(
                     artifact,
                     upstream=stub.base_url,
                     log_db=tmp / f"log-{backend}.sqlite",
-                    args=["--encoder-backend", backend, "--torch-threads", str(threads)],
+                    # threads 0: each backend as the service resolves it (ONNX Runtime every core, torch
+                    # one core less)
+                    args=[
+                        "--encoder-backend",
+                        backend,
+                        *(["--torch-threads", str(threads)] if threads else []),
+                    ],
                 )
             )
             load_run(url, "/v1/route", 64, 8, arena(next(offset)))  # warm-up
@@ -697,7 +711,10 @@ def main(argv: list[str] | None = None) -> int:
         "--artifact", default=None, help="policy for the agreement check and the service runs"
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="encoder CPU threads (0: as the service, cores - 1)"
+        "--threads",
+        type=int,
+        default=0,
+        help="encoder CPU threads (0: as the service: every core for ONNX Runtime, cores - 1 for torch)",
     )
     parser.add_argument("--out-dir", default=str(RESULTS), help="where bench_serving.json and .md go")
     parser.add_argument("--tag", default="", help="file name suffix: bench_serving_<tag>.json")
@@ -718,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = "quick" if args.quick else "full"
     cfg = PROFILES[profile]
-    threads = ServeSettings(torch_threads=args.threads).resolved_torch_threads()
+    threads = ServeSettings(torch_threads=args.threads).resolved_encoder_threads()
     info = {**machine_info(threads), "profile": profile}
     prompts = [str(p) for p in load_bundled("arena").prompts]
     sections = set(args.sections)
@@ -746,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             report["agreement"] = bench_agreement(artifact, cfg, threads, bar)
         if "service" in sections:
             with OpenAIStub(backlog=256) as stub:
-                service = bench_service(artifact, prompts, cfg, threads, stub, tmp, bar)
+                service = bench_service(artifact, prompts, cfg, args.threads, stub, tmp, bar)
             report["service"] = service
             report["service_ratios"] = service_ratios(service)
             report["chat_overhead"] = chat_overhead(service)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -57,12 +58,23 @@ class WidthCache:
         block: columns per block of the triangular product (smaller blocks skip more zeros, larger ones make
             faster GEMMs; 48 suits D ~ 100-1000 on AVX2 CPUs).
         refactor_rows: decision rows after an arm's change before its factor is recomputed; default D // 2.
+        threads: threads sharing a batch's float32 widths (the block products split into groups of equal
+            work); 1 = the calling thread only. Give each thread a core of its own and keep BLAS at one thread.
     """
 
-    def __init__(self, block: int = 48, refactor_rows: int | None = None) -> None:
+    def __init__(self, block: int = 48, refactor_rows: int | None = None, threads: int = 1) -> None:
+        if int(threads) < 1:
+            raise ValueError(f"WidthCache: threads must be >= 1, got {threads}")
         self.block = int(block)
         self.refactor_rows = refactor_rows
+        self.threads = int(threads)
+        self._pool: ThreadPoolExecutor | None = None
         self._shape: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pool"] = None  # threads do not pickle; a copy starts its own pool when it needs one
+        return state
 
     def _reset(self, k: int, d: int) -> None:
         self._shape = (k, d)
@@ -146,10 +158,20 @@ class WidthCache:
         """Widths of every arm from the cached factors (only the fresh arms' are meaningful)."""
         (b, d), k = x.shape, self._shape[0]
         xs = x.astype(np.float32) if float32 else x
-        sq = np.zeros((b, k))
-        for (c0, c1), f in zip(self._blocks(), self._f32 if float32 else self._f64, strict=True):
-            y = (xs[:, c0:] @ f).reshape(b, k, c1 - c0)  # (B, K, bs): block [c0, c1) of L_k^T x
-            sq += np.einsum("bki,bki->bk", y, y)
+        blocks = list(zip(self._blocks(), self._f32 if float32 else self._f64, strict=True))
+        if float32 and self.threads > 1 and b >= 16:
+            # the blocks split into groups of equal work, one per thread (numpy's GEMMs release the GIL).
+            # Only on the float32 path: its error bound does not depend on the order of the blocks' sums
+            # (the float64 path keeps its exact summation order, hence its exact values)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="router-rl-widths")
+            groups = self._groups()
+            futures = [self._pool.submit(_sum_squares, xs, [blocks[j] for j in g], k) for g in groups[1:]]
+            sq = _sum_squares(xs, [blocks[j] for j in groups[0]], k)
+            for future in futures:
+                sq += future.result()
+        else:
+            sq = _sum_squares(xs, blocks, k)
         w = np.sqrt(sq)
         if not float32:
             return w, np.zeros((b, k))
@@ -157,6 +179,17 @@ class WidthCache:
         bs = int(np.diff(self.edges).max())
         lin = (2 * _U32 + _gamma(d, _U32)) * (1 + _U32) ** 2 + math.sqrt(_gamma(d + 1, _U64))
         return w, 2.0 * (lin * norm * self._frob[None, :] + _gamma(bs + 1, _U32) * w) + 1e-12
+
+    def _groups(self) -> list[list[int]]:
+        """Block indices in ``threads`` groups of near-equal multiply-adds (block j costs (D - c0) x bs)."""
+        cost = [(self.edges[-1] - c0) * (c1 - c0) for c0, c1 in self._blocks()]
+        groups: list[list[int]] = [[] for _ in range(min(self.threads, len(cost)))]
+        load = [0] * len(groups)
+        for j in sorted(range(len(cost)), key=lambda j: -cost[j]):  # largest first, to the lightest group
+            g = load.index(min(load))
+            groups[g].append(j)
+            load[g] += cost[j]
+        return groups
 
     def _dense32(
         self, x: np.ndarray, a_inv: np.ndarray, fp: np.ndarray, arms: np.ndarray
@@ -184,6 +217,16 @@ class WidthCache:
         w = np.sqrt(np.maximum(q, 0.0))
         lo, hi = np.sqrt(np.maximum(q - bound, 0.0)), np.sqrt(np.maximum(q, 0.0) + bound)
         return w, np.maximum(w - lo, hi - w) + 1e-12
+
+
+def _sum_squares(xs: np.ndarray, blocks: list[tuple[tuple[int, int], np.ndarray]], k: int) -> np.ndarray:
+    """(B, K) float64 sum over ``blocks`` of ``||block [c0, c1) of L_k^T x||^2``."""
+    b = xs.shape[0]
+    sq = np.zeros((b, k))
+    for (c0, c1), f in blocks:
+        y = (xs[:, c0:] @ f).reshape(b, k, c1 - c0)  # (B, K, bs): block [c0, c1) of L_k^T x
+        sq += np.einsum("bki,bki->bk", y, y)
+    return sq
 
 
 def certified_greedy(

@@ -79,6 +79,37 @@ def test_linucb_fast_decisions_equal_the_formula(seed: int, batch: int) -> None:
     )
 
 
+def test_linucb_threads_share_the_bonus_and_change_no_decision() -> None:
+    """`threads=2` splits the float32 width products into two groups of blocks, run by a pool: the same
+    decisions as one thread and as the formula; the widths agree within their error bounds; it pickles."""
+    import pickle
+
+    one = trained_linucb(5, alpha=0.8, steps=3000)
+    two = pickle.loads(pickle.dumps(one))
+    two.threads, two._width_cache = 2, WidthCache(block=6, threads=2)  # 5 blocks of the 25 columns
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        x = unit(256, rng)
+        for w in (0.0, 0.3, 2.0):
+            p2 = two.probs(x, cost_weight=w, explore=True)
+            np.testing.assert_array_equal(p2, one.probs(x, cost_weight=w, explore=True))
+            np.testing.assert_array_equal(p2, greedy_probs(reference_scores(two, x, w)))
+    xb = add_bias(unit(64, rng))
+    w2, e2 = two.widths(xb, float32=True)
+    assert (np.abs(w2 - reference_width(xb, two.a_inv)) <= e2).all()
+    cache = two._width_cache
+    groups = cache._groups()
+    assert cache._pool is not None and len(groups) == 2 and len(cache.edges) == 6
+    assert sorted(j for g in groups for j in g) == list(range(5))
+    again = pickle.loads(pickle.dumps(two))  # the pool stays behind; the copy starts its own
+    assert again._width_cache._pool is None and again.config()["threads"] == 2
+    np.testing.assert_array_equal(
+        again.probs(x, cost_weight=0.3, explore=True), two.probs(x, cost_weight=0.3, explore=True)
+    )
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        LinUCB(MODELS, DIM, threads=0)
+
+
 def test_linucb_ties_and_near_ties_fall_back_to_float64() -> None:
     policy = LinUCB(MODELS, DIM, alpha=1.0)
     x = unit(300, np.random.default_rng(0))

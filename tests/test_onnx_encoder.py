@@ -198,7 +198,7 @@ def test_encoder_settings_from_the_environment_and_auto() -> None:
         "encoder_backend": "onnx-int8",
         "max_seq_length": 128,
         "embedding_cache_size": 0,
-        "threads": s.resolved_torch_threads(),
+        "threads": s.resolved_encoder_threads(),
     }
     assert ServeSettings().router_kwargs()["max_seq_length"] is None  # the artifact's
     assert pick_backend("auto", "cpu") == "onnx" and pick_backend("auto", "cuda:0") == "torch"
