@@ -140,7 +140,7 @@ class RidgeArms:
         """``(w, err)``, each (B, K): ``sqrt(x^T A_k^{-1} x)`` of contexts ``xb`` (B, d + 1) (bias included) and
         a bound on its error, from cached triangular factors (:class:`router_rl.policies.bonus.WidthCache`)."""
         if getattr(self, "_width_cache", None) is None:
-            self._width_cache = WidthCache()
+            self._width_cache = WidthCache(threads=getattr(self, "threads", 1))
         return self._width_cache.widths(xb, self.a_inv, float32=float32)
 
     # -------------------------------------------------------------------------------------- learning

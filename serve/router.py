@@ -14,7 +14,6 @@ from router_rl.embeddings import Embedder
 from router_rl.serve.artifact import (
     Artifact,
     ArtifactError,
-    decision_scores,
     linear_estimates,
     load_artifact,
     scores_from_estimates,
@@ -128,9 +127,7 @@ class Router:
 
     def decide_embedded(self, x: np.ndarray, **limits: Any) -> list[Decision]:
         """Decisions for precomputed embeddings ``x`` (B, d); ``limits`` as in :func:`decision_scores`."""
-        self.n_head_calls += 1
-        scores, est = decision_scores(self.artifact, x, **limits)
-        return self._decisions(scores, est)
+        return self.decide_rows(x, [limits] * len(x))
 
     def decide_requests(
         self, prompts: list[str], limits: list[dict[str, Any]]
