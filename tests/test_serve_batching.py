@@ -218,10 +218,22 @@ def test_a_cached_prompt_is_decided_on_the_event_loop(router: Router, inline: bo
     assert len({a["model"] for a in again}) > 1
 
 
+def float32_dot_bound(x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """(B, 3K) a bound on how far two float32 evaluations of ``[x, 1] @ theta.T`` may differ, whatever
+    their summation order: each is within ``gamma_n * (|xb| @ |theta|.T)`` of the exact product (Higham,
+    *Accuracy and Stability of Numerical Algorithms*, eq. 3.5), ``gamma_n = n u / (1 - n u)``, ``u = 2^-24``."""
+    xb = np.hstack([x, np.ones((x.shape[0], 1))]).astype(np.float64)
+    n = xb.shape[1]
+    u = 2.0**-24
+    gamma = n * u / (1 - n * u)
+    return 2 * gamma * (np.abs(xb) @ np.abs(theta.reshape(-1, n).astype(np.float64)).T)
+
+
 def test_the_numpy_head_decides_like_the_torch_head(router: Router) -> None:
     """On CPU the head runs in numpy (microseconds per request); a torch input takes the torch path (as on an
-    accelerator). Both are float32 products of the same weights: equal to ~1e-7 and the same decisions under
-    every kind of limit."""
+    accelerator). Both are float32 products of the same weights, so they differ by at most float32 rounding
+    (a bound that holds for any summation order: BLAS builds differ in it), and they make the same decisions
+    under every kind of limit wherever the best two scores are further apart than that bound."""
     import torch
 
     from router_rl.serve.artifact import decision_scores, linear_estimates
@@ -230,9 +242,14 @@ def test_the_numpy_head_decides_like_the_torch_head(router: Router) -> None:
     x = rng.standard_normal((2000, 384)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     art = router.artifact
+    k = len(MODELS)
     est_np = linear_estimates(art, x)
-    assert isinstance(est_np, np.ndarray) and est_np.shape == (3, 2000, len(MODELS))
-    np.testing.assert_allclose(est_np, linear_estimates(art, torch.from_numpy(x)).numpy(), atol=1e-6)
+    assert isinstance(est_np, np.ndarray) and est_np.shape == (3, 2000, k)
+    est_t = linear_estimates(art, torch.from_numpy(x)).numpy()
+    theta = art.theta.detach().cpu().numpy()
+    bound = float32_dot_bound(x, theta).reshape(2000, 3, k).transpose(1, 0, 2)
+    assert np.all(np.abs(est_np - est_t) <= bound)
+    assert bound.max() < 1e-3  # the bound itself is tight enough to mean something
     for limits in (
         {"cost_weight": 0.0},
         {"cost_weight": 5.0},
@@ -243,6 +260,13 @@ def test_the_numpy_head_decides_like_the_torch_head(router: Router) -> None:
         s_np, e_np = decision_scores(art, x, **limits)
         s_t, e_t = decision_scores(art, torch.from_numpy(x), **limits)
         np.testing.assert_array_equal(np.isfinite(s_np), np.isfinite(s_t))
-        np.testing.assert_allclose(s_np[np.isfinite(s_np)], s_t[np.isfinite(s_t)], atol=1e-6)
-        np.testing.assert_array_equal(s_np.argmax(axis=1), s_t.argmax(axis=1))
+        w = float(limits.get("cost_weight", art.manifest.get("default_cost_weight", 0.0)))
+        lam = float(art.manifest.get("latency_weight", 0.0))
+        score_bound = bound[0] + w * bound[1] + lam * bound[2] + 1e-6  # + the float32 weighted sum
+        finite = np.isfinite(s_np)
+        assert np.all(np.abs(s_np - s_t)[finite] <= score_bound[finite])
+        top2 = np.sort(np.where(finite, s_np, -np.inf), axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 2 * score_bound.max(axis=1)
+        assert clear.mean() > 0.95, limits  # almost every row has a clear winner
+        np.testing.assert_array_equal(s_np.argmax(axis=1)[clear], s_t.argmax(axis=1)[clear])
         assert len(np.unique(s_np.argmax(axis=1))) > 1, limits
