@@ -46,3 +46,26 @@ def test_wheel_contents(tmp_path: Path) -> None:
         assert needed in names, needed
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "router-rl = router_rl.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_ci_lock_is_current_hashed_and_excludes_compromised_releases() -> None:
+    """CI installs .ci/requirements.lock with --require-hashes: every line pinned and hashed, written from the
+    current pyproject.toml (lock.py --check), and no release reported compromised (litellm 1.107.0)."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11, as CI
+    check = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "lock.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    pins = [
+        ln for ln in (ROOT / ".ci" / "requirements.lock").read_text().splitlines() if not ln.startswith("#")
+    ]
+    assert len(pins) > 50
+    for line in pins:
+        spec, _, digest = line.partition(" --hash=sha256:")
+        assert "==" in spec and len(digest) == 64, line
+    assert not any(p.lower().startswith("litellm==1.107.0 ") for p in pins)
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    (litellm,) = [r for r in dev if r.startswith("litellm")]
+    assert "!=1.107.0" in litellm
