@@ -8,8 +8,10 @@ From bandit feedback (``update``) it keeps learning: the revealed (context, mode
 buffer (next to the ``fit`` rows) and every ``train_every`` observations the network is retrained (from its
 seeded initialisation, so a retraining is a ``fit`` on what has been observed) on the masked loss, for
 ``epochs`` passes. The buffer keeps sufficient statistics per *distinct* context: the sum and count of every
-(context, model) cell. The network trains on the cell means, each distinct context once, so a prompt seen
-fifty times weighs like one seen once and the training cost does not grow with repeats. With
+(context, model) cell. The network trains on the cell means weighted by their counts
+(:func:`router_rl.policies.torch_mlp.fit_masked`), so a prompt seen fifty times, or a thousand prompts that
+embed identically, weigh as their observations do, while the training cost stays one row per distinct
+context. With
 ``explore=True`` it is epsilon-greedy (exact propensities ``(1 - eps) greedy + eps / K``), so it also runs as a
 plain neural bandit. As an offline baseline: call ``fit`` and skip the bandit loop.
 """
@@ -179,12 +181,13 @@ class MLPRouter:
         return self.buf_sum / np.maximum(self.buf_cnt, 1.0)[..., None], seen
 
     def _retrain(self) -> None:
-        """Train the network from its seeded initialisation on the buffer's cell means (masked MSE)."""
+        """Train the network from its seeded initialisation on the buffer's cell means, each weighted by its
+        observation count (masked MSE)."""
         self.since_train = 0
         if len(self.buf_x) == 0:
             return
-        y, seen = self.cell_means()
-        mask = np.repeat(seen[:, None, :], tm.HEADS, axis=1).reshape(len(self.buf_x), -1)
+        y, _ = self.cell_means()
+        mask = np.repeat(self.buf_cnt[:, None, :], tm.HEADS, axis=1).reshape(len(self.buf_x), -1)
         self.net = tm.build_mlp(self.dim, self.hidden, tm.HEADS * len(self.models), seed=self.seed).to(
             self.device
         )

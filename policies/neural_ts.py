@@ -2,7 +2,7 @@
 
 The MLP of :mod:`router_rl.policies.mlp` (3K outputs: quality, normalised cost and latency of every model) is
 trained periodically on the replay buffer of observed (context, model) -> outcome cells, with the masked loss
-(from its seeded initialisation, on the per-cell means of each distinct context).
+(from its seeded initialisation, on the per-cell means of each distinct context, weighted by their counts).
 Its last hidden layer phi(x) is the representation; on top of it every model keeps the Bayesian linear
 regression of :mod:`router_rl.policies.ridge` (separate quality, cost and latency heads sharing one design),
 refitted on the whole buffer after each retraining and updated by Woodbury in between. Their design

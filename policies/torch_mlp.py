@@ -2,11 +2,15 @@
 
 A neural router predicts, for every model k, its quality, normalised cost and latency: an MLP with 3K outputs,
 laid out head-major (``[q_1..q_K, c_1..c_K, l_1..l_K]``). Bandit feedback reveals one model per context, so
-the loss is a *masked* mean squared error over the observed cells only:
+the loss is a *masked* mean squared error over the observed cells only, each cell weighted by the number of
+observations n_ij it holds (its target y_ij is their mean):
 
-    L = sum_{i,j} m_ij (f_j(x_i) - y_ij)^2 / sum_{i,j} m_ij,   y standardised per output column.
+    L = sum_{i,j} n_ij (f_j(x_i) - y_ij)^2 / sum_{i,j} n_ij,   y standardised per output column,
 
-Full-information training is the same loss with every cell observed. torch is imported on first use only.
+which equals the plain squared error over every observation up to a constant: a context seen a thousand times
+(prompts that embed identically, a prompt repeated in the bandit stream) weighs a thousand times, as its
+observations do, while the training cost stays one row per distinct context. Full-information training is the
+same loss with every cell observed. torch is imported on first use only.
 
 On CPU these networks are small (a few hundred units, batches of 64), where torch's intra-op thread pool
 costs more than it gives and collapses when the cores are shared; :func:`cpu_threads` runs their training
@@ -70,7 +74,8 @@ def head_major(y: np.ndarray) -> np.ndarray:
 
 
 def column_stats(y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and standard deviation (>= 1e-3) over the observed cells; unobserved columns (0, 1)."""
+    """Per-column mean and standard deviation (>= 1e-3) over the observed cells, each weighted by its count
+    in ``mask`` (0/1 or observation counts); unobserved columns (0, 1)."""
     n = mask.sum(axis=0)
     mean = np.where(n > 0, (y * mask).sum(axis=0) / np.maximum(n, 1), 0.0)
     var = np.where(n > 1, (((y - mean) * mask) ** 2).sum(axis=0) / np.maximum(n - 1, 1), 1.0)
@@ -90,33 +95,48 @@ def fit_masked(
     seed: int,
     device: Any,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Train ``net`` in place on the masked MSE of standardised targets (Adam, shuffled minibatches).
+    """Train ``net`` in place on the count-weighted masked MSE of standardised targets (Adam, minibatches).
 
     Args:
-        x: (N, d) inputs; y: (N, C) targets (any value where unobserved); mask: (N, C) 1 where observed.
+        x: (N, d) inputs, one row per distinct context; y: (N, C) targets (cell means; any value where
+            unobserved); mask: (N, C) observation counts n_ij (0 where unobserved; 0/1 for one observation).
     Returns:
         (column means (C,), column sds (C,), last epoch's mean loss); predictions are ``out * sd + mean``.
+
+    An epoch is N rows. When every row holds the same total count (e.g. a full table of distinct prompts) the
+    rows are shuffled and a minibatch's loss is ``sum n e / sum n`` over its cells. Otherwise rows are drawn
+    with replacement with probability ``w_i / W`` (``w_i = sum_j n_ij``) and a drawn row contributes its
+    cells' errors weighted ``n_ij / w_i``: an unbiased minibatch estimate of ``L = sum n e / sum n``, so a
+    context counts with its multiplicity (importance sampling, no per-observation rows).
     """
     import torch
 
-    mask = np.asarray(mask, dtype=np.float64)
+    mask = np.maximum(np.asarray(mask, dtype=np.float64), 0.0)
     y = np.where(mask > 0, np.asarray(y, dtype=np.float64), 0.0)
     mean, sd = column_stats(y, mask)
+    row_w = mask.sum(axis=1)
+    uniform = bool(np.all(row_w == row_w[0])) if len(row_w) else True
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
     yt = torch.as_tensor(((y - mean) / sd).astype(np.float32), device=device)
-    mt = torch.as_tensor(mask.astype(np.float32), device=device)
+    cell_w = mask if uniform else mask / np.maximum(row_w, 1e-300)[:, None]
+    mt = torch.as_tensor(cell_w.astype(np.float32), device=device)
+    draw_p = None if uniform else torch.as_tensor(row_w / row_w.sum(), dtype=torch.float64)
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(int(seed))
     loss_sum = 0.0
     with cpu_threads(device):
         for _ in range(int(epochs)):
-            order = torch.randperm(len(xt), generator=gen).to(device)
+            if draw_p is None:
+                order = torch.randperm(len(xt), generator=gen).to(device)
+            else:
+                order = torch.multinomial(draw_p, len(xt), replacement=True, generator=gen).to(device)
             loss_sum, n_batches = 0.0, 0
             for start in range(0, len(xt), int(batch_size)):
                 idx = order[start : start + int(batch_size)]
                 m = mt[idx]
-                loss = (((net(xt[idx]) - yt[idx]) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+                err = ((net(xt[idx]) - yt[idx]) ** 2) * m
+                loss = err.sum() / (m.sum().clamp(min=1.0) if draw_p is None else len(idx))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -192,6 +192,34 @@ def test_supervised_routers_beat_random_and_near_oracle(make) -> None:
         assert got > floor * reward.max(1).mean(), (w, got, reward.max(1).mean())
 
 
+def templated(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """300 prompts that embed identically (one shared template, as an ARC cluster under truncation), where
+    'cheap' scores 0.9, beside 60 distinct prompts within 0.01 of them where it scores 0.2."""
+    rng = np.random.default_rng(seed)
+    centre = np.eye(1, DIM)[0]
+    x = np.concatenate([np.tile(centre, (300, 1)), centre + rng.normal(scale=0.01, size=(60, DIM))])
+    q = np.concatenate([np.tile([0.9, 0.5, 0.5], (300, 1)), np.tile([0.2, 0.5, 0.5], (60, 1))])
+    return x, q, np.tile(COSTS, (360, 1)), centre
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MLPRouter(MODELS, DIM, hidden=[16], epochs=30, device="cpu"),
+        lambda: NeuralLinearTS(MODELS, DIM, hidden=[16], epochs=30, device="cpu"),
+    ],
+    ids=["mlp", "neural_ts"],
+)
+def test_identical_contexts_count_with_their_multiplicity(make) -> None:
+    """The buffer merges the 300 identical rows into one (cell mean, count 300); the loss must weigh it 300
+    times. The network cannot separate points 0.01 apart, so it predicts their count-weighted mean
+    (300 * 0.9 + 60 * 0.2) / 360 = 0.78 there; weighing the merged row once gave 0.21."""
+    x, q, c, centre = templated(0)
+    policy = make().fit(x, q, c, np.zeros_like(q))
+    assert len(policy.buf_x) == 61 and policy.buf_cnt[0, 0] == 300
+    assert policy.estimates(centre[None])[0, 0, 0] == pytest.approx(0.78, abs=0.05)
+
+
 def two_model_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Strong model wins where x_0 > -0.1 (by a margin growing with x_0); weak wins elsewhere."""
     rng = np.random.default_rng(seed)
