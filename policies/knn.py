@@ -3,9 +3,12 @@
 For a context x and model k, the estimate of each head h (quality, normalised cost, latency) is the mean over
 the k most similar remembered contexts in which model k's outcome was observed:
 
-    y_hat_k^{(h)}(x) = 1/|N_k(x)| sum_{i in N_k(x)} y_ik^{(h)},   N_k(x) = top-k_i cos(x, x_i) among i with k observed,
+    y_hat_k^{(h)}(x) = 1/k sum_i a_i y_ik^{(h)},   a_i = 1 if s_i > s_(k),   a_i = (k - n_>) / n_= if s_i = s_(k),
 
-and the decision for cost weight w is greedy on ``q_hat - w c_hat - lambda l_hat`` (RouterBench's kNN router,
+with s_i = cos(x, x_i) over the rows where model k was observed, s_(k) the k-th largest, n_> the rows above it
+and n_= the rows tied with it. Every neighbour tied with the k-th counts, with equal weight: the estimate is
+the mean over all ways of breaking the tie, deterministic (a prompt among a thousand identical neighbours
+uses all of them, not an arbitrary k of them). The decision for cost weight w is greedy on ``q_hat - w c_hat - lambda l_hat`` (RouterBench's kNN router,
 Hu et al., 2024). :meth:`KNNRouter.fit` remembers full-information rows (every model observed); bandit
 feedback (``update``) is remembered too (one model observed per row), so the router keeps learning
 incrementally with no retraining; ``explore=True`` adds epsilon-greedy exploration with exact propensities.
@@ -29,14 +32,40 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def knn_means(sims: np.ndarray, y: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
-    """Mean target of the ``k`` most similar rows where each model was observed.
+TIE_ATOL = 1e-9
+"""Similarities within this of the k-th largest are ties (identical embeddings give equal cosines exactly;
+the tolerance absorbs the rounding of a dot product)."""
+
+
+def tie_weights(sims: np.ndarray, k: int, *, atol: float = TIE_ATOL) -> np.ndarray:
+    """Neighbour weights a (B, M), rows summing to ``min(k, M)``: 1 for a similarity above the k-th largest,
+    ``(k - n_above) / n_tied`` for each one tied with it, 0 below.
+
+    Args:
+        sims: (B, M) similarities of the queries to the M candidate rows.
+        k: neighbours per query.
+    """
+    b, m = sims.shape
+    kk = min(int(k), m)
+    if kk == m:
+        return np.ones((b, m))
+    kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1 : kk]  # (B, 1) the k-th largest similarity
+    above = sims > kth + atol
+    tied = ~above & (sims >= kth - atol)
+    n_above = above.sum(axis=1, keepdims=True)
+    share = (kk - n_above) / np.maximum(tied.sum(axis=1, keepdims=True), 1)
+    return above + tied * share
+
+
+def knn_means(sims: np.ndarray, y: np.ndarray, seen: np.ndarray, k: int, *, chunk: int = 512) -> np.ndarray:
+    """Tie-aware mean target of the ``k`` most similar rows where each model was observed.
 
     Args:
         sims: (B, M) similarities of the queries to the M remembered rows.
         y: (M, K, H) remembered targets; seen: (M, K) which cells were observed.
+        chunk: queries per block (bounds the (chunk, M) weight matrix).
     Returns:
-        (B, K, H) means over the neighbours (NaN for a model with no observed row).
+        (B, K, H) :func:`tie_weights`-weighted means over the neighbours (NaN for a model with no observed row).
     """
     b, n_models, h = sims.shape[0], y.shape[1], y.shape[2]
     out = np.full((b, n_models, h), np.nan)
@@ -45,13 +74,10 @@ def knn_means(sims: np.ndarray, y: np.ndarray, seen: np.ndarray, k: int) -> np.n
         if len(rows) == 0:
             continue
         kk = min(k, len(rows))
-        s = sims[:, rows]
-        top = (
-            np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-            if kk < len(rows)
-            else np.tile(np.arange(len(rows)), (b, 1))
-        )
-        out[:, j] = y[rows[top], j].mean(axis=1)
+        target = y[rows, j]  # (M_j, H)
+        for start in range(0, b, chunk):
+            weights = tie_weights(sims[start : start + chunk, rows], kk)
+            out[start : start + chunk, j] = weights @ target / kk
     return out
 
 

@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 
 from router_rl.policies.base import offline_start, sample_actions
 from router_rl.policies.eps_greedy import EpsilonGreedy, epsilon_schedule
-from router_rl.policies.knn import KNNRouter
+from router_rl.policies.knn import KNNRouter, tie_weights
 from router_rl.policies.linucb import LinUCB
 from router_rl.policies.mlp import MLPRouter
 from router_rl.policies.neural_ts import NeuralLinearTS
@@ -218,6 +218,25 @@ def test_identical_contexts_count_with_their_multiplicity(make) -> None:
     policy = make().fit(x, q, c, np.zeros_like(q))
     assert len(policy.buf_x) == 61 and policy.buf_cnt[0, 0] == 300
     assert policy.estimates(centre[None])[0, 0, 0] == pytest.approx(0.78, abs=0.05)
+
+
+def test_knn_uses_every_tied_neighbour_deterministically() -> None:
+    """30 identical remembered prompts, 10 of them good for 'cheap', k = 20: each of the 30 weighs 20/30, so
+    the estimate is exactly 1/3 whatever the memory order (``argpartition`` kept an arbitrary 20: 0.35)."""
+    x = np.tile(np.eye(1, DIM)[0], (30, 1))
+    q = np.zeros((30, 3))
+    q[::3, 0] = 1.0
+    c = np.tile(COSTS, (30, 1))
+    for perm in (np.arange(30), np.random.default_rng(0).permutation(30), np.arange(30)[::-1]):
+        router = KNNRouter(MODELS, DIM, k=20).fit(x[perm], q[perm], c, np.zeros_like(q))
+        assert router.estimates(x[:1])[0, 0, 0] == pytest.approx(1 / 3, abs=1e-12)
+    # 2 rows above the k-th similarity, 4 tied with it, k = 4: weights 1, 1 and (4 - 2) / 4 for each tie
+    sims = np.array([[0.9, 0.5, 0.5, 0.8, 0.5, 0.5, 0.1]])
+    np.testing.assert_allclose(tie_weights(sims, 4), [[1, 0.5, 0.5, 1, 0.5, 0.5, 0]])
+    np.testing.assert_allclose(
+        tie_weights(sims, 2), [[1, 0, 0, 1, 0, 0, 0]]
+    )  # no tie at the 2nd: plain top-k
+    np.testing.assert_allclose(tie_weights(sims, 9), np.ones((1, 7)))  # fewer rows than k: all
 
 
 def two_model_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
