@@ -29,6 +29,7 @@ class ZeroRouter:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"zero_router: epsilon must lie in [0, 1], got {epsilon}")
         self.models = list(models)
+        self.dim = None if dim is None else int(dim)
         self.epsilon = float(epsilon)
         k = len(self.models)
         self.counts = np.zeros(k)
@@ -80,3 +81,13 @@ class ZeroRouter:
 
     def config(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
+
+    def linear_head(self) -> dict[str, np.ndarray]:
+        """The serving form: (K, d + 1) heads on ``[x, 1]`` that ignore ``x`` (zeros) and hold each model's
+        mean quality, normalised cost and latency in the bias column, so the artifact decides as
+        ``probs(explore=False)`` does at every cost weight."""
+        if self.dim is None:
+            raise AttributeError("zero_router: dim is unknown (built without dim); it has no linear_head")
+        heads = np.zeros((3, len(self.models), self.dim + 1))
+        heads[:, :, -1] = self.means()
+        return {"theta_quality": heads[0], "theta_cost": heads[1], "theta_latency": heads[2]}

@@ -36,12 +36,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (DataError, ArtifactError, ExportError, FileNotFoundError)
 
 
-def _fail(err: BaseException) -> int:
+def _fail(err: BaseException, where: str = "") -> int:
     message = str(err)
     full_key = getattr(err, "full_key", None)
     if full_key and type(err).__name__ == "MissingMandatoryValue":
         message = f"{message.splitlines()[0]}; set it on the command line: {full_key}=..."
-    print(f"router-rl: error: {message}", file=sys.stderr)
+    print(f"router-rl: error: {where + ': ' if where else ''}{message}", file=sys.stderr)
     return 2
 
 
@@ -52,19 +52,27 @@ def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
     from omegaconf.errors import MissingMandatoryValue
 
     errors = _user_errors()
+    failed: list[str] = []  # jobs of a sweep that ended with a user error (this process's launcher)
 
     @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name=config_name)
     def _main(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from router_rl.training import evaluate, train
 
         job = train if config_name == "train" else evaluate
+        hydra_cfg = HydraConfig.get()
         try:
-            report = job(cfg, HydraConfig.get().runtime.output_dir)
+            report = job(cfg, hydra_cfg.runtime.output_dir)
         except (*errors, ValueError, MissingMandatoryValue) as err:
             if os.environ.get("ROUTER_RL_DEBUG"):  # the full traceback, for developers
                 raise
+            if hydra_cfg.mode == RunMode.MULTIRUN:  # one job's error: say so, let the sweep finish
+                overrides = " ".join(hydra_cfg.overrides.task)
+                failed.append(overrides)
+                _fail(err, where=f"job {hydra_cfg.job.num} ({overrides})")
+                return None
             sys.exit(_fail(err))
         # the objective a Hydra sweeper would maximise: the trained policy's AIQ
         return report["policies"].get(report["policy"], {}).get("aiq")
@@ -75,6 +83,12 @@ def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
         _main()
     finally:
         sys.argv = saved
+    if failed:
+        print(
+            f"router-rl: error: {len(failed)} job(s) of the sweep failed: {'; '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

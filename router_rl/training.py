@@ -84,9 +84,10 @@ def evaluation_plan(
         scheme = "kfold" if data.split is None and data.n_prompts < KFOLD_MAX_PROMPTS else "holdout"
     all_rows = np.arange(data.n_prompts)
     if scheme == "kfold":
-        folds = kfold_assignments(data.prompt_ids, k=int(cfg.folds), seed=int(data_cfg.split_seed))
-        plan = [(all_rows[folds != f], all_rows[folds == f]) for f in range(int(cfg.folds))]
-        return f"kfold-{int(cfg.folds)}", "all (cross-fitted)", plan, all_rows
+        k = kfold_count(data, int(cfg.folds))
+        folds = kfold_assignments(data.prompt_ids, k=k, seed=int(data_cfg.split_seed))
+        plan = [(all_rows[folds != f], all_rows[folds == f]) for f in range(k)]
+        return f"kfold-{k}", "all (cross-fitted)", plan, all_rows
     if scheme == "holdout":
         split = data.split
         if split is None:
@@ -98,11 +99,29 @@ def evaluation_plan(
             )
         train_rows, test_rows = all_rows[split != "test"], all_rows[split == "test"]
         if len(train_rows) == 0 or len(test_rows) == 0:
+            source = f"data.test_fraction={data_cfg.test_fraction}" if data.split is None else "its split"
             raise ValueError(
-                f"{data.name}: holdout needs train and test prompts; got {len(train_rows)} and {len(test_rows)}"
+                f"evaluation.scheme=holdout: {data.name} needs train and test prompts; {source} gives "
+                f"{len(train_rows)} and {len(test_rows)}; set evaluation.scheme=kfold for small data"
             )
         return "holdout", "test", [(train_rows, test_rows)], train_rows
     raise ValueError(f"evaluation.scheme must be kfold, holdout or auto; got {cfg.scheme!r}")
+
+
+def kfold_count(data: RoutingData, folds: int) -> int:
+    """``evaluation.folds``, lowered (with one line saying so) to the number of prompts of small data."""
+    n = len(np.unique(np.asarray(data.prompt_ids).astype(str)))
+    if folds < 2:
+        raise ValueError(f"evaluation.folds must be >= 2 for k-fold cross-fitting, got {folds}")
+    if n < 2:
+        raise ValueError(
+            f"evaluation.scheme=kfold: {data.name} has {n} prompt; cross-fitting needs at least 2 "
+            "(every prompt is tested by a policy trained on the others)"
+        )
+    if folds > n:
+        print(f"[router-rl] {data.name} has {n} prompts: {n}-fold cross-fitting (evaluation.folds={folds})")
+        return n
+    return folds
 
 
 # ------------------------------------------------------------------------------------------- learning
@@ -517,6 +536,13 @@ def run_comparison(
             )
             paths.append(plot_learning_curves(curves, out_dir / "learning_curves.png", title=title))
 
+        # eval/ metrics and the plots first: a run keeps its figures whatever the export does
+        metrics_out = report_metrics(report)
+        metrics_out.update({"perf/embed_seconds": setup.embed_seconds, "perf/train_seconds": train_seconds})
+        tracker.log_metrics(metrics_out)
+        for path in paths:
+            tracker.log_artifact(path)
+
         artifact = None
         if final is not None:
             context = {
@@ -534,7 +560,10 @@ def run_comparison(
             }
             ckpt = write_checkpoint(out_dir / "checkpoint", final, context)
             tracker.log_artifact(ckpt, "checkpoint")
-            if cfg.export.enabled:
+            missing = no_serving_form(final, main_name) if cfg.export.enabled else None
+            if missing:
+                print(f"[router-rl] export skipped: {missing}")
+            elif cfg.export.enabled:
                 artifact = export_artifact(final, context, out_dir / cfg.export.dir)
                 tracker.log_artifact(artifact, "router_artifact")
                 if tracker.run_id and cfg.get("registry", {}).get("name"):
@@ -547,12 +576,7 @@ def run_comparison(
                         tracking_uri=cfg.mlflow.tracking_uri,
                     )
 
-        metrics_out = report_metrics(report)
-        metrics_out.update({"perf/embed_seconds": setup.embed_seconds, "perf/train_seconds": train_seconds})
-        metrics_out["perf/total_seconds"] = time.perf_counter() - t_start
-        tracker.log_metrics(metrics_out)
-        for path in paths:
-            tracker.log_artifact(path)
+        tracker.log_metrics({"perf/total_seconds": time.perf_counter() - t_start})
 
     print(summary_table(report))
     print(f"[router-rl] report: {report_path}\n[router-rl] plot: {paths[2]}")
@@ -562,6 +586,21 @@ def run_comparison(
         print(f"[router-rl] MLflow run {tracker.run_id} ({cfg.mlflow.tracking_uri})")
     print(f"[router-rl] done in {time.perf_counter() - t_start:.1f}s")
     return report
+
+
+def no_serving_form(policy: Policy, name: str) -> str | None:
+    """Why ``policy`` cannot be exported (it has no linear head, or its base has none), else None."""
+    head = getattr(policy, "linear_head", None)
+    if head is not None:
+        try:
+            head()
+            return None
+        except AttributeError as err:
+            return f"{name} has no serving form ({err})"
+    return (
+        f"{name} has no serving form (an artifact holds a linear head); "
+        "linucb, lin_ts, sliding_linucb, pacing and zero_router export"
+    )
 
 
 def _fold_logger(tracker: Tracker, fold: int) -> Callable[[dict[str, float], int], None]:
