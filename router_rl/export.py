@@ -2,7 +2,9 @@
 
 A checkpoint (``checkpoint.json`` + ``policy.safetensors``) restores a trained policy with its training
 context, for further training or export. The serving artifact (``manifest.json`` + ``weights.safetensors``,
-see :mod:`router_rl.serve.artifact`) holds only what decisions need, with the sha256 of every file.
+see :mod:`router_rl.serve.artifact`) holds only what decisions need, with the sha256 and size of every file
+and the manifest's own seal; it is written by :func:`router_rl.serve.artifact.write_linear_artifact`, so the
+exporter and the loader share one set of checks.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router_rl.serve.artifact import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, sha256_file
+from router_rl.serve.artifact import ArtifactError, write_linear_artifact
 from router_rl.types import Catalog
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -102,42 +103,36 @@ def export_artifact(policy: Any, context: dict[str, Any], out_dir: str | Path) -
     ``max_seq_length``), ``cost_scale``, ``cost_weight``, ``latency_weight``; optional ``run_id`` and
     ``dataset``.
     """
-    from safetensors.numpy import save_file
-
     head = getattr(policy, "linear_head", None)
     if head is None:
         raise ExportError(
             f"policy {policy_target(policy)} has no serving form (linear_head); export a learned policy such as linucb"
         )
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in head().items()}
+    models = context["catalog_models"]
+    if [m["name"] for m in models] != list(policy.models):
+        raise ExportError("the catalog's model order differs from the policy's arms; cannot export")
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    save_file(tensors, str(out / WEIGHTS))
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "policy_kind": "linear",
-        "policy_class": policy_target(policy),
-        "policy_config": policy.config(),
-        "models": context["catalog_models"],
-        "embedder": context["embedder"],
-        "default_cost_weight": float(context["cost_weight"]),
-        "latency_weight": float(context.get("latency_weight", 0.0)),
-        "normalisation": {
-            "cost_scale": float(context["cost_scale"]),
-            "embedding": "L2-normalised sentence embedding, constant 1 appended",
-        },
-        "dataset": context.get("dataset"),
-        "training_run_id": context.get("run_id"),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {WEIGHTS: sha256_file(out / WEIGHTS)},
-    }
-    if [m["name"] for m in manifest["models"]] != list(policy.models):
-        raise ExportError("the catalog's model order differs from the policy's arms; cannot export")
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return out
+    try:
+        return write_linear_artifact(
+            out,
+            models=models,
+            tensors=head(),
+            embedder=context["embedder"],
+            cost_scale=float(context["cost_scale"]),
+            default_cost_weight=float(context["cost_weight"]),
+            latency_weight=float(context.get("latency_weight", 0.0)),
+            extra={
+                "policy_class": policy_target(policy),
+                "policy_config": policy.config(),
+                "dataset": context.get("dataset"),
+                "training_run_id": context.get("run_id"),
+            },
+        )
+    except ArtifactError as err:  # e.g. NaN weights or a non-finite cost weight: nothing servable to write
+        shutil.rmtree(out, ignore_errors=True)
+        raise ExportError(f"cannot export {policy_target(policy)}: {err}") from None
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:

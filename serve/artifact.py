@@ -2,9 +2,10 @@
 
 An artifact is a directory holding ``manifest.json`` and ``weights.safetensors``. The manifest names the
 format version, the policy kind, the ordered models with their prices, the embedder (id and dimension), the
-default cost and latency weights, the normalisation (``cost_scale``), the training run, the creation time and
-the sha256 of every other file. Loading checks all of it and refuses a corrupted or incompatible artifact with
-an :class:`ArtifactError` that says what is wrong. Nothing here imports training-only code.
+default cost and latency weights, the normalisation (``cost_scale``), the training run, the creation time, the
+sha256 and size of every other file, and its own seal (``manifest_sha256``, see :mod:`router_rl.serve.manifest`).
+Loading checks all of it and refuses a corrupted, modified or incompatible artifact with an
+:class:`ArtifactError` that says in one line what is wrong. Nothing here imports training-only code.
 """
 
 from __future__ import annotations
@@ -18,16 +19,43 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = "router-rl-artifact"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
-POLICY_KINDS = ("linear",)
+from router_rl.serve.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MANIFEST_SHA256,
+    POLICY_KINDS,
+    WEIGHTS,
+    ArtifactError,
+    artifact_key,
+    check_fields,
+    check_format,
+    check_seal,
+    file_entry,
+    parse_manifest,
+    read_inside,
+    read_manifest_bytes,
+    seal_manifest,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LINEAR_TENSORS",
+    "MANIFEST",
+    "POLICY_KINDS",
+    "WEIGHTS",
+    "Artifact",
+    "ArtifactError",
+    "decision_scores",
+    "linear_estimates",
+    "load_artifact",
+    "scores_from_estimates",
+    "write_linear_artifact",
+    "write_manifest",
+]
+
 LINEAR_TENSORS = ("theta_quality", "theta_cost", "theta_latency")
-
-
-class ArtifactError(RuntimeError):
-    """An artifact that cannot be served: missing, corrupted, or made for another format."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -66,8 +94,15 @@ class Artifact:
 
     @property
     def version(self) -> str:
-        """A short, stable policy version: the weights' hash prefix."""
-        return self.manifest["files"][WEIGHTS][:12]
+        """A short, stable policy version: the prefix of the manifest's seal, which covers every field and,
+        through ``files``, the weights; so any change to either is a new version."""
+        return self.manifest[MANIFEST_SHA256][:12]
+
+    def file(self, name: str) -> Path:
+        """The path of a file the manifest lists (verified at load: inside the directory, hash and size)."""
+        if name not in self.manifest["files"]:
+            raise ArtifactError(f"{self.path}: the manifest lists no file {name!r}")
+        return self.path / name
 
     @functools.cached_property
     def theta(self) -> Any:
@@ -83,43 +118,24 @@ class Artifact:
         return np.ascontiguousarray(t.reshape(-1, t.shape[-1]).T)
 
 
-def _require(manifest: dict[str, Any], key: str, where: Path) -> Any:
-    if key not in manifest:
-        raise ArtifactError(f"{where}: manifest has no {key!r} field; is this a router-rl artifact?")
-    return manifest[key]
-
-
-def _check_fields(manifest: dict[str, Any], where: Path) -> None:
-    """The shapes of the manifest's fields, so that a hand-edited manifest fails here, not mid-request."""
-    models = manifest["models"]
-    if not isinstance(models, list) or not models:
-        raise ArtifactError(f"{where}: models must be a non-empty list of {{name, usd_per_1m_input, ...}}")
-    names = []
-    for i, m in enumerate(models):
-        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
-            raise ArtifactError(f"{where}: models[{i}] must be an object with a non-empty 'name'")
-        for price in ("usd_per_1m_input", "usd_per_1m_output"):
-            value = m.get(price)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ArtifactError(
-                    f"{where}: models[{i}] ({m['name']}) has {price}={value!r}, expected a number >= 0"
-                )
-        names.append(m["name"])
-    if len(set(names)) != len(names):
-        raise ArtifactError(
-            f"{where}: models lists a name twice ({sorted(n for n in set(names) if names.count(n) > 1)})"
-        )
-    emb = manifest["embedder"]
-    if not isinstance(emb, dict) or not isinstance(emb.get("id"), str):
-        raise ArtifactError(f"{where}: embedder must be an object with a string 'id'")
-    if not isinstance(emb.get("dim"), int) or isinstance(emb.get("dim"), bool) or emb["dim"] <= 0:
-        raise ArtifactError(f"{where}: embedder.dim is {emb.get('dim')!r}, expected a positive integer")
-    norm = manifest["normalisation"]
-    scale = norm.get("cost_scale") if isinstance(norm, dict) else None
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-        raise ArtifactError(f"{where}: normalisation.cost_scale is {scale!r}, expected a number > 0")
-    if not isinstance(manifest["files"], dict):
-        raise ArtifactError(f"{where}: files must map file names to their sha256")
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any], files: list[str] | tuple[str, ...]) -> Path:
+    """Seal ``manifest`` and write it to ``out_dir/manifest.json``, with the sha256 and size of ``files``
+    (names relative to ``out_dir``, already written). Every field is checked as :func:`load_artifact` checks
+    it, so the writer cannot produce an artifact the loader refuses. Signed when ``ROUTER_RL_ARTIFACT_KEY`` is
+    set. Any other field in ``manifest`` (a prompt representation, say) is covered by the seal."""
+    out = Path(out_dir)
+    manifest = {**manifest, "files": {name: file_entry(out / name) for name in files}}
+    where = out / MANIFEST
+    try:
+        sealed = seal_manifest(manifest, key=artifact_key())
+    except (TypeError, ValueError) as err:  # NaN, Infinity or a non-JSON value in a field
+        raise ArtifactError(f"{where}: cannot be written as strict JSON ({err})") from None
+    check_format(sealed, where)
+    check_fields(sealed, where)
+    where.write_text(
+        json.dumps(sealed, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    return out
 
 
 def write_linear_artifact(
@@ -134,11 +150,12 @@ def write_linear_artifact(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a ``linear`` artifact from its head tensors (``theta_quality``, ``theta_cost``, ``theta_latency``,
-    each (K, d + 1)); the writer twin of :func:`load_artifact`, used by tests, tools and hand-built routers.
+    each (K, d + 1)); the writer twin of :func:`load_artifact`, used by ``router-rl export``, tests and tools.
 
     ``models``: the ordered catalog entries (``name``, ``usd_per_1m_input``, ``usd_per_1m_output``, optional
-    latency priors); ``embedder``: ``id``, ``dim``, ``max_seq_length``. ``out_dir`` is created (it must not
-    hold another artifact's files: they would not be listed in the manifest).
+    latency priors); ``embedder``: ``id``, ``dim``, ``max_seq_length``; ``extra``: more manifest fields
+    (training run, dataset, ...), sealed with the rest. ``out_dir`` is created (it must not hold another
+    artifact's files: they would not be listed in the manifest).
     """
     from datetime import datetime, timezone
 
@@ -146,7 +163,11 @@ def write_linear_artifact(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(out / WEIGHTS))
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    for name, array in arrays.items():
+        if not np.isfinite(array).all():
+            raise ArtifactError(f"{out / WEIGHTS}: tensor {name!r} holds NaN or infinite values")
+    save_file(arrays, str(out / WEIGHTS))
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -161,74 +182,73 @@ def write_linear_artifact(
         },
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
-        "files": {WEIGHTS: sha256_file(out / WEIGHTS)},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return out
+    return write_manifest(out, manifest, [WEIGHTS])
 
 
 def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:
-    """Read and verify the artifact directory at ``path``."""
+    """Read and verify the artifact directory at ``path``: the manifest's seal (and HMAC, when
+    ``ROUTER_RL_ARTIFACT_KEY`` is set), every field, every listed file (inside the directory, no symlink,
+    recorded size and sha256) and the weights (shapes, finite values). One-line :class:`ArtifactError` else."""
     root = Path(path)
-    manifest_path = root / MANIFEST
     if not root.is_dir():
         raise ArtifactError(f"{root}: not a directory; expected an artifact directory with {MANIFEST}")
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{root}: no {MANIFEST}; expected an artifact written by `router-rl export`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({err})") from None
-    if _require(manifest, "format", manifest_path) != FORMAT:
-        raise ArtifactError(f"{manifest_path}: format is {manifest['format']!r}, expected {FORMAT!r}")
-    version = _require(manifest, "format_version", manifest_path)
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{manifest_path}: format_version {version} is not supported by this router-rl "
-            f"(supports {FORMAT_VERSION}); re-export the policy or upgrade router-rl"
-        )
-    kind = _require(manifest, "policy_kind", manifest_path)
-    if kind not in POLICY_KINDS:
-        raise ArtifactError(
-            f"{manifest_path}: policy_kind {kind!r} is unknown; expected one of {POLICY_KINDS}"
-        )
-    for key in ("models", "embedder", "normalisation", "files"):
-        _require(manifest, key, manifest_path)
-    _check_fields(manifest, manifest_path)
-    for name, expected in manifest["files"].items():
-        file = root / name
-        if not file.is_file():
-            raise ArtifactError(f"{root}: file {name} listed in the manifest is missing")
-        actual = sha256_file(file)
-        if actual != expected:
+    root = root.resolve()
+    where = root / MANIFEST
+    manifest = parse_manifest(read_manifest_bytes(root), where)
+    check_format(manifest, where)
+    check_seal(manifest, where, key=artifact_key())
+    check_fields(manifest, where)
+    weights = b""
+    for name, entry in manifest["files"].items():
+        data = read_inside(root, name, size=entry["size"])
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry["sha256"]:
             raise ArtifactError(
-                f"{file}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...; "
+                f"{root / name}: sha256 {actual[:16]}... does not match the manifest's {entry['sha256'][:16]}...; "
                 "the artifact is corrupted or was modified"
             )
-    if WEIGHTS not in manifest["files"]:
-        raise ArtifactError(f"{manifest_path}: files has no {WEIGHTS}")
+        if name == WEIGHTS:
+            weights = data  # parsed from the very bytes that were verified
+    device = pick_torch_device(device)
+    tensors = _linear_tensors(manifest, weights, root, device)
+    return Artifact(path=root, manifest=manifest, tensors=tensors, device=device)
 
+
+def _linear_tensors(manifest: dict[str, Any], data: bytes, root: Path, device: str) -> dict[str, Any]:
+    """The head tensors from the verified weights bytes: present, (K, d + 1), finite, float32 on ``device``."""
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    device = pick_torch_device(device)
+    where = root / WEIGHTS
     try:
-        raw = load_file(str(root / WEIGHTS))
-    except (SafetensorError, OSError) as err:
-        raise ArtifactError(f"{root / WEIGHTS}: unreadable safetensors file ({err})") from None
+        raw = load(data)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{where}: unreadable safetensors file ({err})") from None
     k, dim = len(manifest["models"]), int(manifest["embedder"]["dim"])
     tensors = {}
     for name in LINEAR_TENSORS:
         if name not in raw:
-            raise ArtifactError(f"{root / WEIGHTS}: tensor {name!r} missing for policy kind {kind!r}")
-        if tuple(raw[name].shape) != (k, dim + 1):
             raise ArtifactError(
-                f"{root / WEIGHTS}: tensor {name!r} has shape {tuple(raw[name].shape)}, expected {(k, dim + 1)} "
+                f"{where}: tensor {name!r} missing for policy kind {manifest['policy_kind']!r}"
+            )
+        t = raw[name]
+        if tuple(t.shape) != (k, dim + 1):
+            raise ArtifactError(
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {(k, dim + 1)} "
                 f"for {k} models and embedding dim {dim}"
             )
-        tensors[name] = raw[name].to(device=device, dtype=torch.float32)
-    return Artifact(path=root, manifest=manifest, tensors=tensors, device=device)
+        if not t.is_floating_point():
+            raise ArtifactError(f"{where}: tensor {name!r} has dtype {t.dtype}; expected floating point")
+        t = t.to(dtype=torch.float32)
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ArtifactError(
+                f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s); expected finite weights"
+            )
+        tensors[name] = t.to(device=device)
+    return tensors
 
 
 def linear_estimates(artifact: Artifact, x):

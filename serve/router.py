@@ -91,16 +91,19 @@ class Router:
                 f"the artifact needs encoder {emb['id']!r} (max_seq_length {max_seq_length}), "
                 f"the given embedder is {embedder.model_name!r} (max_seq_length {embedder.max_seq_length})"
             )
-        self.embedder = embedder or Embedder(
-            emb["id"],
-            backend=encoder_backend,
-            device=self.artifact.device,
-            max_seq_length=max_seq_length,
-            cache_dir=cache_dir,
-            memory_cache_size=embedding_cache_size,
-            threads=threads,
-        )
         self._checked_dim = False
+        if embedder is None:
+            embedder = Embedder(
+                emb["id"],
+                backend=encoder_backend,
+                device=self.artifact.device,
+                max_seq_length=max_seq_length,
+                cache_dir=cache_dir,
+                memory_cache_size=embedding_cache_size,
+                threads=threads,
+            )
+            self._checked_dim = _load_encoder(embedder, self.artifact)
+        self.embedder = embedder
         self.n_embed_calls = 0  # forward passes of the encoder and of the head, for batching checks and logs
         self.n_head_calls = 0
 
@@ -205,6 +208,26 @@ class Router:
         """One decision per prompt; ``limits``: cost_weight, latency_weight, candidates, max_cost_usd,
         latency_budget_s."""
         return self.decide_embedded(self.embed(prompts), **limits)
+
+
+def _load_encoder(embedder: Embedder, artifact: Artifact) -> bool:
+    """Load the artifact's encoder now, so that an encoder that cannot be loaded (an unknown id offline, a
+    broken path) or gives the wrong dimension is a one-line :class:`ArtifactError` at construction, not a
+    traceback at the first request. Returns True (the dimension is checked)."""
+    emb = artifact.manifest["embedder"]
+    try:
+        dim = embedder.dim
+    except Exception as err:  # sentence-transformers, transformers and the hub raise many types
+        detail = " ".join(str(err).split())[:300]
+        raise ArtifactError(
+            f"{artifact.path}: the artifact's encoder {emb['id']!r} cannot be loaded ({type(err).__name__}: "
+            f"{detail}); install it, give a local path, or allow downloads"
+        ) from None
+    if dim != int(emb["dim"]):
+        raise ArtifactError(
+            f"{artifact.path}: encoder {emb['id']!r} gives dimension {dim}, the artifact expects {emb['dim']}"
+        )
+    return True
 
 
 def explore(decision: Decision, epsilon: float, rng: np.random.Generator) -> Decision:

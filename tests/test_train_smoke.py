@@ -12,6 +12,7 @@ from conftest import run_cli
 
 from router_rl.export import load_checkpoint
 from router_rl.serve.artifact import ArtifactError, load_artifact
+from router_rl.serve.manifest import seal_manifest
 from router_rl.serve.router import Router
 
 
@@ -111,7 +112,9 @@ def test_export_from_checkpoint_and_from_mlflow_run(debug_run: dict, tmp_path: P
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda p: (p / "weights.safetensors").write_bytes(b"garbage"), "sha256 .* does not match"),
+        (lambda p: (p / "weights.safetensors").write_bytes(b"garbage"), r"7 bytes, the manifest records \d+"),
+        (lambda p: _flip_last_byte(p / "weights.safetensors"), "sha256 .* does not match"),
+        (lambda p: _edit_manifest(p, default_cost_weight=0.5, seal=False), "the manifest was modified"),
         (
             lambda p: (p / "weights.safetensors").unlink(),
             "weights.safetensors listed in the manifest is missing",
@@ -135,7 +138,14 @@ def test_corrupted_or_incompatible_artifact_is_refused(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "error:" in proc.stderr
 
 
-def _edit_manifest(path: Path, **changes) -> None:
+def _edit_manifest(path: Path, seal: bool = True, **changes) -> None:
+    """Change manifest fields; ``seal``: recompute its manifest_sha256, so that the field checks are reached."""
     manifest = json.loads((path / "manifest.json").read_text())
     manifest.update(changes)
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "manifest.json").write_text(json.dumps(seal_manifest(manifest) if seal else manifest))
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
