@@ -6,6 +6,13 @@ with a message of the form ``"<file>: line N: column 'c' is <value>; expected <w
 JSONL file (1-based; a CSV header is line 1, so the first data record is line 2); Parquet files have no
 lines, so their records are named ``row N`` (1-based data row). Rows with an empty quality are dropped
 with one counted :class:`DataWarning`.
+
+Beyond the contract's own checks: numeric columns must hold numbers (a boolean, date, time-delta or complex
+column is refused naming the column: cast it), a dataset needs at least two models with outcomes (a router
+chooses between them), a call costs at most :data:`MAX_COST_USD` and reads or writes at most
+:data:`MAX_TOKENS` tokens (more is a units mistake), and a latency is at most :data:`MAX_LATENCY_S`. What is
+merely odd is a :class:`DataWarning` naming the first row: a call above :data:`WARN_COST_USD`, fractional
+token counts, fewer than :data:`SMALL_PROMPTS` prompts (too few to evaluate a router on).
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ BUNDLED = {"arena": "arena_bench_v1_gpt4judge", "routellm": "routellm_gpt4_vs_mi
 SUFFIXES = (".csv.gz", ".jsonl.gz", ".csv", ".jsonl", ".parquet")
 _STR_COLS = ("prompt_id", "model", "prompt")  # read as text, never as numbers
 _EMPTY = {"", "nan", "na", "n/a", "null", "none"}  # spellings of an empty numeric cell
+MAX_COST_USD = 1000.0  # per call: above this, cost_usd (or tokens x prices) is an error, not a price
+WARN_COST_USD = 10.0  # per call: above this, a warning (possible, but check the units)
+MAX_TOKENS = 10_000_000  # per call and direction: above any context window
+MAX_LATENCY_S = 86_400.0  # per call: a day
+SMALL_PROMPTS = 50  # fewer prompts: a warning that evaluation figures will be noise (a 20% split is < 10)
+_NOT_NUMBERS = {"b": "booleans", "M": "dates", "m": "time deltas", "c": "complex numbers", "V": "raw bytes"}
 _CSV_OPTIONS = {
     "dtype": dict.fromkeys(_STR_COLS, str),
     "keep_default_na": False,
@@ -133,13 +146,31 @@ def read_table(path: PathLike) -> pd.DataFrame:
 
 
 def _numeric(tab: _Table, col: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values, empty): column ``col`` as floats (NaN where empty); a non-numeric cell raises DataError."""
+    """(values, empty): column ``col`` as floats (NaN where empty); a non-numeric cell raises DataError.
+
+    Only numbers are numbers: a boolean, date or time-delta column (Parquet keeps such dtypes; CSV reads
+    True/False as booleans) is refused rather than read as 0/1 or as nanoseconds."""
     s = tab.df[col]
-    if pd.api.types.is_numeric_dtype(s):
+    kind = getattr(s.dtype, "kind", "O")
+    if kind in _NOT_NUMBERS:
+        raise DataError(
+            f"{tab.path}: column {col!r} holds {_NOT_NUMBERS[kind]} (dtype {s.dtype}); expected numbers"
+            + ("; cast it to 0/1 numbers if that is what it means" if kind == "b" else "")
+        )
+    if kind in "iuf":
         vals = s.astype(float).to_numpy()
         return vals, np.isnan(vals)
-    st = s.map(lambda v: v.strip() if isinstance(v, str) else v)
+    st = s.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
     empty = st.map(lambda v: _isnull(v) or (isinstance(v, str) and v.lower() in _EMPTY)).to_numpy(bool)
+    odd = np.flatnonzero(~empty & ~st.map(lambda v: isinstance(v, str) or _is_number(v)).to_numpy(bool))
+    if len(odd):
+        v = s.iloc[odd[0]]
+        tab.fail(
+            odd[0],
+            col,
+            v,
+            "a number" + ("; write 0 or 1, not a boolean" if isinstance(v, (bool, np.bool_)) else ""),
+        )
     vals = pd.to_numeric(st.where(~empty, None), errors="coerce").astype(float).to_numpy()
     bad = np.flatnonzero(np.isnan(vals) & ~empty)
     if len(bad):
@@ -147,11 +178,15 @@ def _numeric(tab: _Table, col: str) -> tuple[np.ndarray, np.ndarray]:
     return vals, empty
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def _check(tab: _Table, col: str, vals: np.ndarray, ok: np.ndarray, expected: str) -> None:
     bad = np.flatnonzero(~ok & ~np.isnan(vals))
     if len(bad):
         v = vals[bad[0]]
-        tab.fail(bad[0], col, int(v) if v.is_integer() else float(v), expected)
+        tab.fail(bad[0], col, int(v) if v.is_integer() and abs(v) < 1e15 else float(v), expected)
 
 
 def _ids(tab: _Table, col: str) -> np.ndarray:
@@ -258,6 +293,23 @@ def load_dataset(
         vals = _numeric(out, col)[0] if col in out.df else np.full(len(out.df), np.nan)
         _check(out, col, vals, np.isfinite(vals) & (vals >= 0), "a number >= 0")
         cols[col] = vals
+    for col, top, what in (
+        (
+            "cost_usd",
+            MAX_COST_USD,
+            f"a cost per call of at most ${MAX_COST_USD:g} (MAX_COST_USD); check the units",
+        ),
+        ("input_tokens", MAX_TOKENS, f"a token count of at most {MAX_TOKENS:,} per call (MAX_TOKENS)"),
+        ("output_tokens", MAX_TOKENS, f"a token count of at most {MAX_TOKENS:,} per call (MAX_TOKENS)"),
+        ("latency_s", MAX_LATENCY_S, f"a latency of at most {MAX_LATENCY_S:g} s per call (MAX_LATENCY_S)"),
+    ):
+        _check(out, col, cols[col], cols[col] <= top, what)
+    for col in ("input_tokens", "output_tokens"):
+        frac = np.flatnonzero(np.isfinite(cols[col]) & (cols[col] % 1 != 0))
+        if len(frac):
+            _warn_rows(
+                out, frac, f"fractional token counts in column {col!r}", "token counts are whole numbers"
+            )
     known = np.isin(mod, cat.models)
     if not known.all():
         out.fail(
@@ -268,6 +320,24 @@ def load_dataset(
             "(every model needs a catalog row for its prices and latency priors, even with cost_usd)",
         )
     cost = _cost(out, cols, mod, cat, cat_src)
+    priced = np.isnan(cols["cost_usd"])
+    too_much = np.flatnonzero(priced & ~(cost <= MAX_COST_USD))
+    if len(too_much):
+        i = int(too_much[0])
+        raise DataError(
+            f"{out.path}: {out.at(int(out.df.index[i]))}: input_tokens {cols['input_tokens'][i]:g} and "
+            f"output_tokens {cols['output_tokens'][i]:g} of model {mod[i]!r} cost ${cost[i]:.4g} at the prices of "
+            f"{cat_src}; expected at most ${MAX_COST_USD:g} per call (MAX_COST_USD): check the token counts and "
+            "that prices are USD per 1M tokens"
+        )
+    high = np.flatnonzero(cost > WARN_COST_USD)
+    if len(high):
+        _warn_rows(
+            out,
+            high,
+            f"calls costing more than ${WARN_COST_USD:g} (up to ${cost[high].max():.4g})",
+            "possible, but check that costs are USD per call and prices USD per 1M tokens",
+        )
 
     order = pd.unique(pid)
     codes = pd.Index(order).get_indexer(pid)
@@ -278,6 +348,20 @@ def load_dataset(
         groups = out.df["source_benchmark"].to_numpy(object)[first_pos]
 
     kept = [m for m in cat.models if m in set(mod)]
+    if len(kept) < 2:
+        listed = f"; the catalog {cat_src} lists {len(cat.models)}" if len(cat.models) < 2 else ""
+        raise DataError(
+            f"{out.path}: outcomes of {len(kept)} model ({', '.join(kept)}) only{listed}; expected at least 2 "
+            "models: a router chooses between models"
+        )
+    if len(order) < SMALL_PROMPTS:
+        warnings.warn(
+            f"{out.path}: only {len(order)} prompts ({len(out.df)} outcome rows, {len(kept)} models); too few to "
+            f"evaluate a router on (fewer than {SMALL_PROMPTS}: a 20% test split holds about "
+            f"{round(0.2 * len(order))}); figures will be noise",
+            DataWarning,
+            stacklevel=2,
+        )
     mcodes = pd.Index(kept).get_indexer(mod)
 
     def wide(vals: np.ndarray) -> np.ndarray:
@@ -298,6 +382,16 @@ def load_dataset(
         split=split,
         catalog=cat.subset(kept),
         groups=groups,
+    )
+
+
+def _warn_rows(tab: _Table, rows: np.ndarray, what: str, hint: str) -> None:
+    """One counted DataWarning for the records at positions ``rows``, naming the first few."""
+    named = ", ".join(tab.at(int(tab.df.index[i])) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    warnings.warn(
+        f"{tab.path}: {len(rows)} row{'s' if len(rows) != 1 else ''} with {what} ({named}); {hint}",
+        DataWarning,
+        stacklevel=3,
     )
 
 
