@@ -1,8 +1,10 @@
 """Gymnasium environments of router-rl, registered under the ``router_rl`` namespace.
 
-``import router_rl.envs`` registers every id in :data:`ENV_IDS`; ``gymnasium.make("router_rl/Routing-v0",
-data=..., embeddings=...)`` then builds a :class:`RoutingEnv` and ``gymnasium.make_vec`` the ``SAME_STEP``
-vector env of :func:`make_vector_env`. The environment modules load on first use, so this import stays cheap.
+``import router_rl.envs`` registers every id in :data:`ENV_IDS`; ``gymnasium.make("router_rl/Routing-v0")``
+then builds a :class:`RoutingEnv` on the bundled data and its cached embeddings (:mod:`router_rl.envs.defaults`;
+or pass ``data=..., embeddings=...``), ``gymnasium.make_vec(id, num_envs)`` the ``SAME_STEP`` vector env of
+:func:`make_vector_env`, and ``vectorization_mode="sync"`` or ``"async"`` Gymnasium's own ``NEXT_STEP`` vector
+envs (:func:`step_outcomes` reads both). The environment modules load on first use, so this import stays cheap.
 
 - ``router_rl/Routing-v0``: the one-step contextual bandit over recorded outcomes (v0 latency model).
 - ``router_rl/SimulatedRouting-v0``: the same env with the serving simulator on (:data:`SIMULATED_SIMULATOR`) and the default

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from router_rl.envs.defaults import resolve
 from router_rl.envs.routing import INFO_KEYS, _as_observations, _check_embeddings, _check_rows
 from router_rl.envs.simulator import Served
 from router_rl.envs.traffic import Request, Traffic
@@ -73,7 +74,7 @@ class BudgetedRoutingEnv(gym.Env[dict, np.int64]):
 
     ## Arguments
 
-    - ``data``, ``embeddings``, ``rows``, ``cost_scale``, ``latency_weight``, ``latency_sigma``,
+    - ``data``, ``embeddings`` (default: the bundled data and its cached embeddings), ``rows``, ``cost_scale``, ``latency_weight``, ``latency_sigma``,
       ``simulator``, ``tiers``, ``scenario``, ``clock_offset``, ``clock_stride``: as for ``RoutingEnv``
       (queues and the clock restart with every episode; the scenario's request index runs on until a seeded
       reset).
@@ -98,8 +99,8 @@ class BudgetedRoutingEnv(gym.Env[dict, np.int64]):
     def __init__(
         self,
         *,
-        data: RoutingData,
-        embeddings: np.ndarray,
+        data: RoutingData | None = None,
+        embeddings: np.ndarray | None = None,
         rows: np.ndarray | None = None,
         n_requests: int = 100,
         budget_usd: float | None = None,
@@ -137,6 +138,7 @@ class BudgetedRoutingEnv(gym.Env[dict, np.int64]):
         ):
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        data, embeddings = resolve(data, embeddings)
         self._data = data
         self._rows = _check_rows(data, rows)
         self._embeddings = _check_embeddings(embeddings, data, self._rows)
@@ -307,8 +309,8 @@ def make_budgeted_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVec
         raise ValueError(
             "make_budgeted_vector_env sets clock_offset and clock_stride itself; do not pass them"
         )
-    if "embeddings" in kwargs:
-        kwargs["embeddings"] = _as_observations(kwargs["embeddings"])
+    data, embeddings = resolve(kwargs.pop("data", None), kwargs.pop("embeddings", None))
+    kwargs.update(data=data, embeddings=_as_observations(embeddings))
     n = int(num_envs)
     return gym.vector.SyncVectorEnv(
         [lambda i=i: BudgetedRoutingEnv(**kwargs, clock_offset=i, clock_stride=n) for i in range(n)],

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from router_rl.envs.defaults import resolve
 from router_rl.envs.latency import expected_latency, fill_latency_priors, fill_output_tokens, sample_latency
 from router_rl.reward import default_cost_scale, reward
 from router_rl.types import RoutingData
@@ -76,8 +77,9 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
 
-    - ``data``: the routing dataset.
-    - ``embeddings``: (N, d) float32 sentence embeddings, one row per prompt of ``data``.
+    - ``data``: the routing dataset; default (None): the bundled arena set (:mod:`router_rl.envs.defaults`).
+    - ``embeddings``: (N, d) float32 sentence embeddings, one row per prompt of ``data``; default (None): the
+      default encoder's, from the on-disk embedding cache (computed there once if absent).
     - ``rows``: prompt row indices (or an (N,) boolean mask) this env samples from; default every complete
       row (``data.complete_rows()``). Rows with a missing quality or cost raise ``ValueError``.
     - ``cost_weight``: weight of the scaled cost in the reward, >= 0.
@@ -101,7 +103,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     import gymnasium as gym
     import router_rl.envs  # registers router_rl/Routing-v0
 
-    env = gym.make("router_rl/Routing-v0", data=data, embeddings=embeddings, cost_weight=0.5)
+    env = gym.make("router_rl/Routing-v0")  # the bundled data; or data=..., embeddings=..., cost_weight=0.5
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     ```
@@ -121,8 +123,8 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     def __init__(
         self,
         *,
-        data: RoutingData,
-        embeddings: np.ndarray,
+        data: RoutingData | None = None,
+        embeddings: np.ndarray | None = None,
         rows: np.ndarray | None = None,
         cost_weight: float = 0.0,
         cost_scale: float | None = None,
@@ -147,6 +149,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
+        data, embeddings = resolve(data, embeddings)
         self._data = data
         self._rows = _check_rows(data, rows)
         self._row_set = frozenset(self._rows.tolist())
@@ -402,9 +405,9 @@ def make_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVectorEnv:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
     if "clock_offset" in kwargs or "clock_stride" in kwargs:
         raise ValueError("make_vector_env sets clock_offset and clock_stride itself; do not pass them")
-    if "embeddings" in kwargs:
-        # Convert once so the sub-envs share one read-only array instead of each holding a copy.
-        kwargs["embeddings"] = _as_observations(kwargs["embeddings"])
+    # Defaults resolved and embeddings converted once, so the sub-envs share one read-only array.
+    data, embeddings = resolve(kwargs.pop("data", None), kwargs.pop("embeddings", None))
+    kwargs.update(data=data, embeddings=_as_observations(embeddings))
     n = int(num_envs)
     return gym.vector.SyncVectorEnv(
         [lambda i=i: RoutingEnv(**kwargs, clock_offset=i, clock_stride=n) for i in range(n)],
@@ -413,17 +416,43 @@ def make_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.SyncVectorEnv:
 
 
 def step_outcomes(infos: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The chosen models' outcomes from the ``infos`` of a :func:`make_vector_env` step.
+    """The chosen models' outcomes from the ``infos`` of a vector env's step, whatever its autoreset mode.
+
+    ``SAME_STEP`` (:func:`make_vector_env`): a sub-env whose episode ended has its outcome in
+    ``infos["final_info"]`` (every sub-env of one-step episodes). ``NEXT_STEP``
+    (``gymnasium.make_vec(id, vectorization_mode="sync" | "async")``, Gymnasium's default): the outcomes are
+    in ``infos`` itself, and a sub-env whose episode ended on the previous step is reset by this one instead
+    of stepping (its action ignored, reward 0): with one-step episodes every second step steps no sub-env.
 
     Returns:
-        ``{key: (num_envs,) array}`` for every key of :data:`INFO_KEYS`.
+        ``{key: (num_envs,) array}`` for every key of :data:`INFO_KEYS`, plus ``stepped``, the (num_envs,)
+        bool mask of the sub-envs that took their action (all True with ``SAME_STEP``); a sub-env that did
+        not step has NaN (``quality``, ``cost_usd``, ``cost``, ``latency_s``), -1 (``prompt_index``) or None
+        (``model``).
     """
-    final = infos.get("final_info")
-    if final is None or not np.all(infos.get("_final_info", False)):
+    masks = [np.asarray(v) for k, v in infos.items() if k.startswith("_")]
+    if not masks:
+        raise ValueError("infos is not a vector env's infos (no '_<key>' masks); expected a vector env step")
+    n = len(masks[0])
+    final = infos.get("final_info") or {}
+    from_final = np.asarray(infos.get("_final_info", np.zeros(n, dtype=bool)), dtype=bool)
+    from_final = from_final & np.asarray(final.get("_quality", np.zeros(n, dtype=bool)), dtype=bool)
+    direct = np.asarray(infos.get("_quality", np.zeros(n, dtype=bool)), dtype=bool) & ~from_final
+    stepped = from_final | direct
+    if from_final.any() and any(key not in final for key in INFO_KEYS):
         raise ValueError(
-            "infos has no final_info for every sub-env; expected the infos of a SAME_STEP vector env step"
+            f"infos['final_info'] lacks some of {list(INFO_KEYS)}; expected a router_rl vector env"
         )
-    return {key: final[key] for key in INFO_KEYS}
+    out: dict[str, np.ndarray] = {"stepped": stepped}
+    for key in INFO_KEYS:
+        fill = {"prompt_index": -1, "model": None}.get(key, np.nan)
+        values = np.full(n, fill, dtype=object if key == "model" else np.asarray(fill).dtype)
+        if from_final.any():
+            values[from_final] = np.asarray(final[key])[from_final]
+        if direct.any():
+            values[direct] = np.asarray(infos[key])[direct]
+        out[key] = values
+    return out
 
 
 # ---------------------------------------------------------------------- argument checks

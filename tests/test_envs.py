@@ -491,3 +491,76 @@ def test_every_env_config_builds_its_env_on_the_bundled_data():
         envs.reset(seed=0)
         envs.step(np.array([0, 1]))
         envs.close()
+
+
+# ---------------------------------------------------------------------- no arguments: the bundled defaults
+@pytest.fixture
+def default_cache(tmp_path, monkeypatch):
+    """A private embedding cache holding fake vectors for the bundled prompts under the default encoder's key,
+    so ``gym.make(id)`` reads them (no encoder run; subprocesses of an async vector env inherit the path)."""
+    from router_rl.embeddings import DEFAULT_ENCODER, Embedder, EmbeddingCache
+    from router_rl.envs import defaults
+
+    monkeypatch.setenv("ROUTER_RL_CACHE", str(tmp_path))
+    data = defaults.default_data()
+    fake = np.random.default_rng(0).normal(size=(data.n_prompts, 384)).astype(np.float32)
+    fake /= np.linalg.norm(fake, axis=1, keepdims=True)
+    key = Embedder(DEFAULT_ENCODER, max_seq_length=defaults.DEFAULT_MAX_SEQ_LENGTH).encoder_id
+    unique = dict(zip(data.prompts.tolist(), fake, strict=True))  # a repeated text keeps one vector
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    cache.put_many(key, list(unique), np.stack(list(unique.values())))
+    cache.close()
+    defaults._default_embeddings.cache_clear()
+    yield data, np.stack([unique[p] for p in data.prompts.tolist()])
+    defaults._default_embeddings.cache_clear()  # no fake vector outlives the test
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_every_id_builds_with_no_arguments(env_id, default_cache):
+    data, vectors = default_cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = gym.make(env_id)
+        check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    first = obs["embedding"] if isinstance(obs, dict) else obs
+    np.testing.assert_array_equal(first[:384], vectors[info["prompt_index"]])  # read from the disk cache
+    assert env.unwrapped.models == tuple(data.models)
+    env.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_make_vec_next_step_autoreset_reports_outcomes(mode, default_cache):
+    data, _ = default_cache
+    envs = gym.make_vec("router_rl/Routing-v0", num_envs=2, vectorization_mode=mode)
+    _, infos = envs.reset(seed=0)
+    prompts, stepped = infos["prompt_index"], 0
+    for t in range(4):
+        actions = np.array([t % 2, 3])
+        _, rewards, terminated, _, infos = envs.step(actions)
+        out = step_outcomes(infos)
+        if t % 2 == 0:  # one-step episodes: this step acts...
+            assert out["stepped"].all() and terminated.all()
+            np.testing.assert_array_equal(out["prompt_index"], prompts)
+            np.testing.assert_array_equal(out["quality"], data.quality[prompts, actions])
+            assert list(out["model"]) == [data.models[a] for a in actions]
+            stepped += 2
+        else:  # ... and NEXT_STEP resets the sub-envs on the following one, ignoring the actions
+            assert not out["stepped"].any() and np.isnan(out["quality"]).all() and (rewards == 0).all()
+            assert (out["prompt_index"] == -1).all() and list(out["model"]) == [None, None]
+            prompts = infos["prompt_index"]
+    assert stepped == 4
+    envs.close()
+
+
+def test_own_data_without_embeddings_gets_the_default_encoders(tmp_path, monkeypatch, data):
+    from router_rl.embeddings import Embedder
+
+    monkeypatch.setenv("ROUTER_RL_CACHE", str(tmp_path))
+    small = data.take(np.arange(3))
+    env = RoutingEnv(data=small)
+    obs, info = env.reset(seed=0)
+    expected = Embedder(max_seq_length=256, cache_dir=tmp_path).encode(list(small.prompts))
+    np.testing.assert_allclose(obs, expected[info["prompt_index"]], atol=1e-6)
+    with pytest.raises(ValueError, match="embeddings given without data"):
+        RoutingEnv(embeddings=expected)
