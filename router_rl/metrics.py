@@ -276,3 +276,121 @@ def cumulative_regret(rewards: np.ndarray, best_rewards: np.ndarray) -> np.ndarr
     if not (np.isfinite(r).all() and np.isfinite(b).all()):
         raise ValueError("rewards and best_rewards must be finite")
     return np.cumsum(b - r)
+
+
+def achievable_cost_fraction(
+    costs: np.ndarray,
+    qualities: np.ndarray,
+    single_costs: np.ndarray,
+    single_qualities: np.ndarray,
+    fraction: float,
+) -> tuple[float, int]:
+    """The headline at a cost weight that ran: the least cost among the router's own points whose quality
+    reaches ``fraction`` of the best single model's, as a fraction of that model's cost, and which point.
+
+        min {c_j : q_j >= fraction * q_best} / c_best,   best = :func:`best_single_model`.
+
+    Unlike :func:`headline_cost_fraction` (the hull: a random mix of two cost weights) this needs no mixing:
+    one cost weight, deployed as is, gets that quality at that cost on these prompts.
+
+    Returns:
+        ``(fraction of c_best, index of the point)``; ``(inf, -1)`` when no point reaches the target.
+    """
+    if not (0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    c, q = _points(costs, qualities)
+    b = best_single_model(single_costs, single_qualities)
+    c_best = float(np.asarray(single_costs, float)[b])
+    if c_best <= 0:
+        raise ValueError(
+            f"the best single model (index {b}) has cost {c_best}; a cost fraction needs cost > 0"
+        )
+    target = fraction * float(np.asarray(single_qualities, float)[b])
+    ok = np.flatnonzero(q >= target)
+    if ok.size == 0:
+        return float("inf"), -1
+    j = int(ok[np.argmin(c[ok])])
+    return float(c[j]) / c_best, j
+
+
+def mean_aiq(quality: np.ndarray, cost: np.ndarray, *, max_cost: float) -> float:
+    """Mean over seeds of the AIQ of per-seed points.
+
+    Args:
+        quality, cost: (S, W) mean quality and cost of one router at each of W cost weights in S seeds.
+        max_cost: the comparison's right end (see :func:`aiq`).
+    """
+    return float(np.mean([aiq(c, q, max_cost=max_cost) for q, c in zip(quality, cost, strict=True)]))
+
+
+def paired_bootstrap_aiq(
+    quality_a: np.ndarray,
+    cost_a: np.ndarray,
+    quality_b: np.ndarray,
+    cost_b: np.ndarray,
+    *,
+    max_cost: float,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap over prompts of the AIQ difference between routers A and B on the same prompts.
+
+    Args:
+        quality_a, cost_a: (S_a, W_a, N) router A's expected quality and cost on each of N prompts at each of
+            its W_a cost weights, in each of S_a seeds (a deterministic router: S = 1). Likewise for B; both
+            share the N prompts (the pairing).
+        max_cost: the comparison's right end of the AIQ integral, as in the report (each resample uses
+            ``max(max_cost, its largest point cost)``).
+        n_boot: resamples. level: two-sided confidence level of the percentile interval.
+        seed: seeds the resampling (the interval is deterministic for a seed).
+
+    Returns:
+        ``{"diff", "low", "high", "se", "p_value", "n_boot", "level", "n_prompts"}``: ``diff`` =
+        mean_s AIQ_A - mean_s AIQ_B on the prompts as given (what the report's AIQs give); ``low``/``high``:
+        the percentile interval of the difference over resamples; ``se``: its bootstrap standard error;
+        ``p_value``: two-sided, ``2 min(P*(d <= 0), P*(d >= 0))`` with the +1 correction, capped at 1.
+
+    Each resample draws N prompts with replacement (multinomial counts), the same prompts for A and B and for
+    every seed and cost weight, recomputes every point as the count-weighted mean over prompts, then each
+    router's mean AIQ over its seeds (Efron and Tibshirani, 1993, ch. 13; the pairing removes the variance
+    the two routers share, which dominates on small test sets).
+    """
+    qa, ca, qb, cb = (np.asarray(a, dtype=np.float64) for a in (quality_a, cost_a, quality_b, cost_b))
+    for name, a in (("quality_a", qa), ("cost_a", ca), ("quality_b", qb), ("cost_b", cb)):
+        if a.ndim != 3:
+            raise ValueError(f"{name} must be (seeds, weights, prompts), got shape {a.shape}")
+    if qa.shape != ca.shape or qb.shape != cb.shape:
+        raise ValueError(
+            f"quality and cost shapes differ: A {qa.shape} vs {ca.shape}, B {qb.shape} vs {cb.shape}"
+        )
+    n = qa.shape[2]
+    if qb.shape[2] != n or n == 0:
+        raise ValueError(f"A and B must share the same N > 0 prompts, got {qa.shape[2]} and {qb.shape[2]}")
+    if not (0 < level < 1) or int(n_boot) < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level} and {n_boot}")
+    if not all(np.isfinite(a).all() for a in (qa, ca, qb, cb)):
+        raise ValueError("per-prompt qualities and costs must be finite")
+
+    def diff(weights: np.ndarray) -> float:
+        pa = [(qa @ weights), (ca @ weights)]  # (S, W) means under these prompt weights
+        pb = [(qb @ weights), (cb @ weights)]
+        right = max(float(max_cost), float(pa[1].max()), float(pb[1].max()))
+        return mean_aiq(pa[0], pa[1], max_cost=right) - mean_aiq(pb[0], pb[1], max_cost=right)
+
+    observed = diff(np.full(n, 1.0 / n))
+    rng = np.random.default_rng(seed)
+    boots = np.array([diff(rng.multinomial(n, np.full(n, 1.0 / n)) / n) for _ in range(int(n_boot))])
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(boots, [alpha, 1.0 - alpha])
+    tail = min((boots <= 0).sum(), (boots >= 0).sum())
+    return {
+        "diff": observed,
+        "low": float(low),
+        "high": float(high),
+        "se": float(boots.std(ddof=1)) if len(boots) > 1 else 0.0,
+        "p_value": float(min(1.0, 2.0 * (tail + 1) / (len(boots) + 1))),
+        "n_boot": int(n_boot),
+        "level": float(level),
+        "n_prompts": int(n),
+    }

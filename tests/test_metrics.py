@@ -272,3 +272,85 @@ def test_invalid_inputs(
 ) -> None:
     with pytest.raises(error, match=match):
         fn(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- achievable headline, paired bootstrap
+def test_achievable_cost_fraction_uses_only_points_that_ran() -> None:
+    from router_rl.metrics import achievable_cost_fraction
+
+    single_c, single_q = np.array([1.0, 4.0]), np.array([0.5, 1.0])  # best single: cost 4, quality 1
+    router_c, router_q = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.9, 0.97])
+    # 95% = 0.95: the hull mixes (2, 0.9) and (3, 0.97) at 2 + 0.05/0.07 = 2.714; the cheapest point that
+    # ran with q >= 0.95 is (3, 0.97)
+    assert headline_cost_fraction(router_c, router_q, single_c, single_q, 0.95) == pytest.approx(
+        2.7142857 / 4
+    )
+    assert achievable_cost_fraction(router_c, router_q, single_c, single_q, 0.95) == (0.75, 2)
+    assert achievable_cost_fraction(router_c, router_q, single_c, single_q, 0.9) == (0.5, 1)
+    assert achievable_cost_fraction(router_c, router_q, single_c, single_q, 0.99) == (math.inf, -1)
+
+
+def _router(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 3, n) per-prompt quality and cost of a router at three cost weights: cheap, mid, expensive."""
+    cost = np.stack([np.full(n, 1.0), np.full(n, 2.0), np.full(n, 4.0)])[None]
+    quality = np.clip(rng.normal([[0.4], [0.6], [0.7]], 0.2, size=(3, n)) + shift, 0, 1)[None]
+    return quality, cost
+
+
+def test_paired_bootstrap_of_a_constant_shift_is_exact_and_tight() -> None:
+    from router_rl.metrics import paired_bootstrap_aiq
+
+    rng = np.random.default_rng(0)
+    qb, cb = _router(rng, 300)
+    qa = qb + 0.05  # A = B + 0.05 on every prompt and weight: the hull shifts up by 0.05 from cost 1 on
+    out = paired_bootstrap_aiq(qa, cb, qb, cb, max_cost=4.0, n_boot=200, seed=1)
+    assert out["diff"] == pytest.approx(0.05 * (4.0 - 1.0) / 4.0)  # zero left of the cheapest point
+    assert out["low"] == pytest.approx(out["diff"]) and out["high"] == pytest.approx(out["diff"])
+    assert out["p_value"] < 0.01 and out["n_prompts"] == 300
+    # seeds of A are averaged: two seeds whose AIQs straddle B's by +-d give mean difference 0.05 * 3/4
+    two = np.concatenate([qb + 0.02, qb + 0.08])
+    assert paired_bootstrap_aiq(two, np.repeat(cb, 2, 0), qb, cb, max_cost=4.0, n_boot=50)[
+        "diff"
+    ] == pytest.approx(0.0375)
+
+
+def test_paired_bootstrap_interval_covers_the_truth_at_its_level() -> None:
+    """Two exchangeable routers (same distribution, independent per prompt): the true difference is 0, so a
+    95% interval must cover 0 in about 95% of data sets; 100 data sets: between 87 and 100 (binomial 0.1%)."""
+    from router_rl.metrics import paired_bootstrap_aiq
+
+    rng = np.random.default_rng(7)
+    covered = 0
+    for i in range(100):
+        qa, ca = _router(rng, 120)
+        qb, cb = _router(rng, 120)
+        out = paired_bootstrap_aiq(qa, ca, qb, cb, max_cost=4.0, n_boot=200, seed=i)
+        covered += out["low"] <= 0.0 <= out["high"]
+    assert 87 <= covered <= 100, covered
+    # and a real difference is found: A better by 0.03 at every weight, 400 prompts
+    qa, ca = _router(rng, 400, shift=0.03)
+    qb, cb = _router(rng, 400)
+    qb = qa - 0.03 + rng.normal(0, 0.02, size=qa.shape)  # paired: B tracks A's per-prompt noise
+    out = paired_bootstrap_aiq(qa, ca, qb, cb, max_cost=4.0, n_boot=300)
+    assert out["low"] > 0 and out["p_value"] < 0.01
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((np.zeros((3, 4)),) * 4, {}, r"\(seeds, weights, prompts\)"),
+        (
+            (np.zeros((1, 3, 4)), np.zeros((1, 2, 4)), np.zeros((1, 3, 4)), np.zeros((1, 3, 4))),
+            {},
+            r"shapes differ",
+        ),
+        ((np.zeros((1, 3, 4)),) * 2 + (np.zeros((1, 3, 5)),) * 2, {}, r"same N > 0 prompts"),
+        ((np.zeros((1, 3, 4)),) * 4, {"level": 1.0}, r"0 < level < 1"),
+        ((np.full((1, 3, 4), np.nan),) * 4, {}, r"must be finite"),
+    ],
+)
+def test_paired_bootstrap_rejects_bad_inputs(args: tuple, kwargs: dict, message: str) -> None:
+    from router_rl.metrics import paired_bootstrap_aiq
+
+    with pytest.raises(ValueError, match=message):
+        paired_bootstrap_aiq(*args, max_cost=1.0, **kwargs)
