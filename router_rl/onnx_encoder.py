@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "static")  # static: token lookup (router_rl.static_encoder)
 EXPORT_VERSION = 1  # bump when the exported graph or the sidecar changes
 OPSET = 17
 PROBES = (
@@ -341,7 +341,13 @@ class OnnxEncoder:
         """(N, dim) float32 unit vectors of ``texts``."""
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
-        ids = self.token_ids(texts)
+        return self.encode_ids(self.token_ids(texts), batch_size=batch_size)
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+        """(N, dim) float32 unit vectors of token id sequences (special tokens included, unpadded)."""
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ids = [list(x) for x in ids]
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         for rows in plan_batches([len(x) for x in ids], batch_size, self.max_batch_tokens):
             out[rows] = self._run([ids[i] for i in rows])

@@ -19,13 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from router_rl.data import DataWarning, assign_splits, kfold_assignments, load_bundled, load_dataset
-from router_rl.embeddings import Embedder
+from router_rl.embeddings import Embedder, EmbeddingWarning
 from router_rl.evaluation import aggregate_reports, build_report, summary_table, to_json
 from router_rl.export import export_artifact, model_entries, write_checkpoint
 from router_rl.policies.base import Policy, greedy_probs, sample_actions
 from router_rl.policies.oracle import Oracle
 from router_rl.policies.random import RandomPolicy
 from router_rl.policies.zero_router import ZeroRouter
+from router_rl.representation import Representation, identical_embeddings, learn_affixes
+from router_rl.representation import from_config as representation_config
 from router_rl.reward import default_cost_scale
 from router_rl.tracking import Tracker, flatten
 from router_rl.types import RoutingData
@@ -57,15 +59,68 @@ def load_data(cfg: DictConfig) -> RoutingData:
     return data
 
 
-def make_embedder(cfg: DictConfig, *, show_progress: bool = True) -> Embedder:
+def make_embedder(
+    cfg: DictConfig, *, show_progress: bool = True, representation: Representation | None = None
+) -> Embedder:
+    """The encoder an ``embedder`` config names (a static one is distilled first, once per machine), reading
+    prompts under ``representation`` (default: the config's window, no affixes: :func:`prepare` learns
+    those from the training prompts)."""
+    model, name = str(cfg.model), None
+    if cfg.get("distill"):
+        from router_rl.static_encoder import distill
+
+        spec = cfg.distill
+        path, name = distill(
+            model,
+            dim=int(spec.get("dim", 256)),
+            sif_coefficient=spec.get("sif_coefficient", 1e-5),
+            max_vocab=spec.get("max_vocab"),
+            cache_dir=cfg.cache_dir,
+            device=cfg.device,
+            batch_size=int(spec.get("batch_size", 1024)),
+            show_progress=show_progress,
+        )
+        model = str(path)
+    if representation is None:
+        representation, _ = representation_config(cfg.get("representation"))
     return Embedder(
-        cfg.model,
+        model,
+        name=name,
+        backend=str(cfg.get("backend", "torch")),
         device=cfg.device,
         batch_size=cfg.batch_size,
         max_seq_length=cfg.max_seq_length,
         cache_dir=cfg.cache_dir,
         show_progress=show_progress,
+        representation=representation,
     )
+
+
+def fit_representation(cfg: DictConfig, texts: list[str]) -> Representation:
+    """The ``embedder.representation`` config's window, with the affixes learned from ``texts`` (the training
+    prompts) when ``affixes.enabled``."""
+    rep, learn = representation_config(cfg.get("representation"))
+    if not learn.pop("enabled"):
+        return rep
+    prefixes, suffixes, record = learn_affixes(texts, **learn)
+    return rep.with_affixes(prefixes, suffixes, record)
+
+
+def warn_identical(texts: list[str], embeddings: np.ndarray, embedder: Embedder, threshold: float) -> int:
+    """Warn (one line, with counts) when more than ``threshold`` of the prompts embed bitwise identically to
+    a prompt whose text differs: the encoder saw the same input for them. Returns how many do."""
+    n, groups = identical_embeddings(texts, embeddings)
+    if len(texts) and n > threshold * len(texts):
+        limit = f"the first {embedder.max_seq_length} tokens" if embedder.max_seq_length else "its tokens"
+        warnings.warn(
+            f"{n} of {len(texts)} prompts ({n / len(texts):.1%}) embed identically to a prompt with a different "
+            f"text ({groups} groups); {embedder.model_name} read {limit} under representation "
+            f"'{embedder.representation.describe()}': remove shared templates (embedder.representation.affixes)"
+            " or read the end too (embedder.representation.window=head_tail or chunks)",
+            EmbeddingWarning,
+            stacklevel=2,
+        )
+    return n
 
 
 def evaluation_plan(
@@ -274,11 +329,18 @@ def prepare(cfg: DictConfig) -> Setup:
     weights = [float(w) for w in cfg.evaluation.cost_weights]
     if data.n_models == 2:  # RouteLLM's curves need the whole range of strong-call shares
         weights = sorted({*weights, *np.geomspace(1e-3, 1e3, 41).round(6).tolist()})
-    embedder = make_embedder(cfg.embedder)
-    t0 = time.perf_counter()
-    print(f"[router-rl] embedding {data.n_prompts} prompts with {embedder.model_name} on {embedder.device}")
-    embeddings = embedder.encode(list(data.prompts))
     scheme, split_label, plan, final_rows = evaluation_plan(data, cfg.evaluation, cfg.data)
+    t0 = time.perf_counter()
+    prompts = list(data.prompts)
+    # affixes come from the prompts the exported policy trains on (unlabelled text: all of them under k-fold)
+    representation = fit_representation(cfg.embedder, [prompts[i] for i in final_rows])
+    embedder = make_embedder(cfg.embedder, representation=representation)
+    print(
+        f"[router-rl] embedding {data.n_prompts} prompts with {embedder.model_name} on {embedder.device} "
+        f"({representation.describe()})"
+    )
+    embeddings = embedder.encode(prompts)
+    warn_identical(prompts, embeddings, embedder, float(cfg.embedder.get("identical_warning", 0.05)))
     cost_scale = (
         default_cost_scale(data.cost_usd[final_rows])
         if cfg.reward.cost_scale == "auto"
@@ -547,11 +609,7 @@ def run_comparison(
         if final is not None:
             context = {
                 "catalog_models": model_entries(data.catalog),
-                "embedder": {
-                    "id": setup.embedder.model_name,
-                    "dim": int(setup.embeddings.shape[1]),
-                    "max_seq_length": setup.embedder.max_seq_length,
-                },
+                "embedder": setup.embedder.manifest(int(setup.embeddings.shape[1])),  # + representation
                 "cost_scale": setup.cost_scale,
                 "cost_weight": setup.cost_weight,
                 "latency_weight": setup.latency_weight,

@@ -1,0 +1,362 @@
+"""What a prompt becomes before the encoder reads it: shared affixes removed, then a token window or chunks.
+
+Prompts of one application share long templates (a system prompt, a few-shot block, a trailing instruction),
+and an encoder that reads only the first 256 tokens then sees one identical text for all of them. A
+:class:`Representation` keeps what varies, in two steps applied identically at training and serving time:
+
+1. **Affixes**: prefixes (and suffixes) shared by many training prompts, learned by :func:`learn_affixes`
+   and stored in the artifact, are cut off (the longest one that matches; a prompt that is nothing but the
+   affix is kept whole).
+2. **Window** over the tokens of what remains (the encoder's tokenizer, special tokens excluded):
+   ``head`` (the first ``max_seq_length`` tokens: what sentence-transformers does), ``head_tail`` (the
+   first ``head_tokens`` and the last ``tail_tokens``), or ``chunks`` (consecutive chunks of
+   ``chunk_tokens`` tokens, at most ``max_chunks``, encoded separately and mean-pooled, weighted by length).
+
+The encoder applies the window (it owns the tokenizer); this module holds the pure parts: affix learning
+and removal, token windows, the manifest block and its validation, the fingerprint that keys the embedding
+cache, and the identical-embedding count behind ``router-rl train``'s warning. numpy and the standard
+library only: the serving module imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+WINDOWS = ("head", "head_tail", "chunks")
+VERSION = 1  # bump when apply() changes meaning for the same fields
+WHITESPACE = " \t\n\r\f\v"
+
+
+class RepresentationError(ValueError):
+    """A representation whose fields are out of range or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Representation:
+    """How prompts are turned into encoder input (see the module docstring).
+
+    Attributes:
+        prefixes: learned shared prefixes, removed from a prompt that starts with one (longest first).
+        suffixes: learned shared suffixes, removed likewise from the end.
+        window: ``head``, ``head_tail`` or ``chunks``.
+        head_tokens: ``head_tail``: tokens kept from the start.
+        tail_tokens: ``head_tail``: tokens kept from the end.
+        chunk_tokens: ``chunks``: tokens per chunk.
+        max_chunks: ``chunks``: most chunks per prompt (the first ``max_chunks - 1`` and the last).
+        learned: how the affixes were learned (settings and counts), for the record only.
+    """
+
+    prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+    window: str = "head"
+    head_tokens: int = 0
+    tail_tokens: int = 0
+    chunk_tokens: int = 0
+    max_chunks: int = 8
+    learned: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefixes", tuple(sorted(set(self.prefixes), key=lambda s: (-len(s), s))))
+        object.__setattr__(self, "suffixes", tuple(sorted(set(self.suffixes), key=lambda s: (-len(s), s))))
+        check(self)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def is_plain(self) -> bool:
+        """Nothing beyond the encoder's own truncation: the text is encoded as given."""
+        return not self.prefixes and not self.suffixes and self.window == "head"
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether the encoder must window the prompt's tokens itself (not just truncate)."""
+        return self.window != "head"
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that change what is encoded (no ``learned`` record), JSON-ready."""
+        out: dict[str, Any] = {"version": VERSION, "window": self.window}
+        if self.window == "head_tail":
+            out.update(head_tokens=self.head_tokens, tail_tokens=self.tail_tokens)
+        elif self.window == "chunks":
+            out.update(chunk_tokens=self.chunk_tokens, max_chunks=self.max_chunks)
+        out.update(prefixes=list(self.prefixes), suffixes=list(self.suffixes))
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits of sha256 over :meth:`settings`: part of the embedding cache key."""
+        blob = json.dumps(self.settings(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """A short label for logs: ``head_tail 128+126, 1 prefix``."""
+        if self.window == "head_tail":
+            label = f"head_tail {self.head_tokens}+{self.tail_tokens}"
+        elif self.window == "chunks":
+            label = f"chunks {self.chunk_tokens}x{self.max_chunks}"
+        else:
+            label = "head"
+        n_p, n_s = len(self.prefixes), len(self.suffixes)
+        if n_p:
+            label += f", {n_p} prefix{'es' if n_p > 1 else ''}"
+        if n_s:
+            label += f", {n_s} suffix{'es' if n_s > 1 else ''}"
+        return label
+
+    # ------------------------------------------------------------------ manifest
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's ``embedder.representation`` block."""
+        out = self.settings()
+        if self.learned:
+            out["learned"] = dict(self.learned)
+        return out
+
+    @classmethod
+    def from_manifest(cls, block: Any) -> Representation:
+        """The representation a manifest block records; :class:`RepresentationError` when malformed.
+
+        A missing block (``None``: an artifact from before representations) is the plain representation."""
+        if block is None:
+            return cls()
+        if not isinstance(block, dict):
+            raise RepresentationError(f"representation must be an object, got {type(block).__name__}")
+        known = {"version", "window", "head_tokens", "tail_tokens", "chunk_tokens", "max_chunks"}
+        known |= {"prefixes", "suffixes", "learned"}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise RepresentationError(f"representation has unknown field(s) {unknown}")
+        version = block.get("version", VERSION)
+        if version != VERSION:
+            raise RepresentationError(
+                f"representation version {version!r} is not supported (this router-rl reads {VERSION})"
+            )
+        for key in ("prefixes", "suffixes"):
+            value = block.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+                raise RepresentationError(f"representation.{key} must be a list of non-empty strings")
+        for key in ("head_tokens", "tail_tokens", "chunk_tokens", "max_chunks"):
+            value = block.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RepresentationError(f"representation.{key} is {value!r}, expected an integer")
+        learned = block.get("learned", {})
+        if not isinstance(learned, dict):
+            raise RepresentationError("representation.learned must be an object")
+        return cls(
+            prefixes=tuple(block.get("prefixes", [])),
+            suffixes=tuple(block.get("suffixes", [])),
+            window=block.get("window", "head"),
+            head_tokens=block.get("head_tokens", 0),
+            tail_tokens=block.get("tail_tokens", 0),
+            chunk_tokens=block.get("chunk_tokens", 0),
+            max_chunks=block.get("max_chunks", 8),
+            learned=learned,
+        )
+
+    def with_affixes(
+        self, prefixes: Sequence[str], suffixes: Sequence[str], learned: dict[str, Any] | None = None
+    ) -> Representation:
+        return replace(self, prefixes=tuple(prefixes), suffixes=tuple(suffixes), learned=dict(learned or {}))
+
+    # ------------------------------------------------------------------ applying
+    def remove_affixes(self, text: str) -> str:
+        """``text`` without its longest learned prefix and suffix; ``text`` itself when nothing else remains."""
+        out = text
+        for p in self.prefixes:  # longest first
+            if out.startswith(p):
+                out = out[len(p) :]
+                break
+        for s in self.suffixes:
+            if len(out) > len(s) and out.endswith(s):
+                out = out[: len(out) - len(s)]
+                break
+        return out if out.strip() else text
+
+    def pieces(self, ids: Sequence[int], budget: int | None) -> list[list[int]]:
+        """The token pieces the encoder runs for one prompt's content tokens ``ids`` (no special tokens).
+
+        ``budget``: content tokens one encoder pass can take (``max_seq_length`` less the special tokens;
+        None: unlimited, a static encoder). ``head``: the first ``budget`` tokens. ``head_tail``: the first
+        ``head_tokens`` and the last ``tail_tokens`` (the whole prompt when it is no longer). ``chunks``:
+        consecutive chunks, the first ``max_chunks - 1`` and the last when there are more. Always at least
+        one piece (possibly empty, for an empty prompt).
+        """
+        ids = list(ids)
+        if self.window == "head":
+            return [ids if budget is None else ids[:budget]]
+        if self.window == "head_tail":
+            h, t = self.head_tokens, self.tail_tokens
+            if budget is not None and h + t > budget:
+                raise RepresentationError(
+                    f"head_tokens + tail_tokens = {h + t} exceed the encoder's {budget} tokens per pass"
+                )
+            return [ids if len(ids) <= h + t else ids[:h] + (ids[len(ids) - t :] if t else [])]
+        size = self.chunk_tokens if budget is None else min(self.chunk_tokens, budget)
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+        if len(chunks) > self.max_chunks:
+            chunks = chunks[: self.max_chunks - 1] + chunks[-1:]
+        return chunks
+
+
+def check(rep: Representation) -> None:
+    """Raise :class:`RepresentationError` when ``rep``'s window settings are out of range."""
+    if rep.window not in WINDOWS:
+        raise RepresentationError(
+            f"representation window {rep.window!r} is unknown; expected one of {WINDOWS}"
+        )
+    if rep.window == "head_tail" and (rep.head_tokens < 1 or rep.tail_tokens < 0):
+        raise RepresentationError(
+            f"head_tail needs head_tokens >= 1 and tail_tokens >= 0, got {rep.head_tokens} and {rep.tail_tokens}"
+        )
+    if rep.window == "chunks" and (rep.chunk_tokens < 1 or rep.max_chunks < 1):
+        raise RepresentationError(
+            f"chunks needs chunk_tokens >= 1 and max_chunks >= 1, got {rep.chunk_tokens} and {rep.max_chunks}"
+        )
+
+
+def from_config(cfg: Any) -> tuple[Representation, dict[str, Any]]:
+    """(the window settings as a :class:`Representation` without affixes, the affix-learning settings) of an
+    ``embedder.representation`` config block (any mapping; missing keys take the defaults below)."""
+    cfg = cfg if cfg is not None else {}
+    affixes = cfg.get("affixes") or {}
+    rep = Representation(
+        window=str(cfg.get("window", "head")),
+        head_tokens=int(cfg.get("head_tokens", 0) or 0),
+        tail_tokens=int(cfg.get("tail_tokens", 0) or 0),
+        chunk_tokens=int(cfg.get("chunk_tokens", 0) or 0),
+        max_chunks=int(cfg.get("max_chunks", 8) or 8),
+    )
+    learn = {
+        "enabled": bool(affixes.get("enabled", False)),
+        "min_share": float(affixes.get("min_share", 0.05)),
+        "min_prompts": int(affixes.get("min_prompts", 5)),
+        "min_chars": int(affixes.get("min_chars", 200)),
+        "suffixes": bool(affixes.get("suffixes", True)),
+        "max_affixes": int(affixes.get("max_affixes", 64)),
+    }
+    return rep, learn
+
+
+# ------------------------------------------------------------------------------------------ learning
+def _lcp(a: str, b: str) -> int:
+    """Length of the longest common prefix of ``a`` and ``b`` (binary search over C-speed slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _at_boundary(prefix: str) -> str:
+    """``prefix`` cut back to just after its last whitespace, so that no word is split ('' if none)."""
+    cut = max(prefix.rfind(c) for c in WHITESPACE)
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+def shared_prefixes(texts: Sequence[str], *, min_count: int, min_chars: int) -> list[tuple[str, int]]:
+    """Prefixes of at least ``min_chars`` characters that at least ``min_count`` of ``texts`` start with.
+
+    The distinct texts are sorted, so that texts sharing a prefix are neighbours; the longest common prefix
+    of each maximal run of neighbours (an LCP interval, found with a stack over the neighbours' common
+    prefix lengths) is a candidate. A run's prefix is kept when the run holds ``min_count`` texts; a
+    longer prefix nested inside a kept one (a cluster within the cluster: one system prompt, then one of
+    several few-shot blocks) is kept too when it adds at least ``min_chars`` characters, so that a common
+    opening such as "Which of the following" after a kept template is not taken for a template. Every kept
+    prefix is cut back to a whitespace boundary. Returns (prefix, number of texts starting with it), the
+    most shared first. O(N log N) comparisons.
+    """
+    uniq = sorted(set(texts))
+    n = len(uniq)
+    if n < max(2, min_count):
+        return []
+    lcp = [_lcp(uniq[i], uniq[i + 1]) for i in range(n - 1)]
+    # LCP intervals: (depth, lo, hi) with every neighbour pair in lo..hi sharing >= depth characters
+    intervals: list[tuple[int, int, int]] = []
+    stack: list[tuple[int, int]] = []  # (depth, lo)
+    for i, depth in enumerate([*lcp, -1]):
+        lo = i
+        while stack and stack[-1][0] > depth:
+            d, lo = stack.pop()
+            intervals.append((d, lo, i))  # texts lo..i share d characters
+        if depth >= 0 and (not stack or stack[-1][0] < depth):
+            stack.append((depth, lo))
+    # keep top-down: an interval is kept if big and long enough, and (when nested in a kept one) longer
+    # than that one by min_chars
+    intervals.sort(key=lambda x: (x[1], -(x[2] - x[1]), x[0]))
+    kept: dict[str, int] = {}
+    open_kept: list[tuple[int, int, int]] = []  # kept intervals enclosing the current one: (hi, depth, lo)
+    for depth, lo, hi in intervals:
+        while open_kept and open_kept[-1][0] < hi:
+            open_kept.pop()
+        count = hi - lo + 1
+        if count < min_count or depth < min_chars:
+            continue
+        parent_depth = open_kept[-1][1] if open_kept else 0
+        if open_kept and depth - parent_depth < min_chars:
+            continue
+        prefix = _at_boundary(uniq[lo][:depth])
+        if len(prefix) < min_chars or len(prefix) - parent_depth < (min_chars if open_kept else 0):
+            continue
+        kept[prefix] = max(kept.get(prefix, 0), count)
+        open_kept.append((hi, len(prefix), lo))
+    return sorted(kept.items(), key=lambda kv: (-kv[1], -len(kv[0]), kv[0]))
+
+
+def learn_affixes(
+    texts: Sequence[str],
+    *,
+    min_share: float = 0.05,
+    min_prompts: int = 5,
+    min_chars: int = 200,
+    suffixes: bool = True,
+    max_affixes: int = 64,
+) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Prefixes (and suffixes) shared by many of ``texts``: (prefixes, suffixes, record for the manifest).
+
+    An affix is kept when at least ``max(min_prompts, min_share * N)`` of the N distinct texts carry it and
+    it is at least ``min_chars`` characters long (see :func:`shared_prefixes`); suffixes are the prefixes of
+    the reversed texts, cut at a whitespace boundary. At most ``max_affixes`` of each, the most shared first.
+    """
+    uniq = list(dict.fromkeys(str(t) for t in texts))
+    need = max(int(min_prompts), int(np.ceil(float(min_share) * len(uniq))))
+    pre = shared_prefixes(uniq, min_count=need, min_chars=int(min_chars))[:max_affixes]
+    suf: list[tuple[str, int]] = []
+    if suffixes:
+        rev = shared_prefixes([t[::-1] for t in uniq], min_count=need, min_chars=int(min_chars))
+        suf = [(s[::-1], c) for s, c in rev[:max_affixes]]
+    rep = Representation(prefixes=tuple(p for p, _ in pre), suffixes=tuple(s for s, _ in suf))
+    stripped = sum(rep.remove_affixes(t) != t for t in uniq)
+    record = {
+        "min_share": float(min_share),
+        "min_prompts": int(min_prompts),
+        "min_chars": int(min_chars),
+        "prompts": len(uniq),
+        "prompts_stripped": int(stripped),
+        "prefix_counts": [c for _, c in pre],
+        "suffix_counts": [c for _, c in suf],
+    }
+    return [p for p, _ in pre], [s for s, _ in suf], record
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+def identical_embeddings(texts: Sequence[str], vectors: np.ndarray) -> tuple[int, int]:
+    """(prompts whose embedding equals that of a prompt with a different text, groups of them).
+
+    Bitwise equality of the float32 vectors: what a truncated template produces. Repeated identical texts
+    are not counted (they should embed identically)."""
+    groups: dict[bytes, set[str]] = {}
+    counts: dict[bytes, int] = {}
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    for text, row in zip(texts, x, strict=True):
+        key = row.tobytes()
+        groups.setdefault(key, set()).add(str(text))
+        counts[key] = counts.get(key, 0) + 1
+    collided = [k for k, g in groups.items() if len(g) > 1]
+    return sum(counts[k] for k in collided), len(collided)
