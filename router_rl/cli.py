@@ -47,6 +47,11 @@ def _fail(err: BaseException, where: str = "") -> int:
 
 def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
     """Run the Hydra application ``config_name`` (``train`` or ``eval``) with ``args`` as its command line."""
+    if "--help" in args or "-h" in args:  # every key with its documentation (Hydra's own help drops comments)
+        from router_rl.config_help import render_help
+
+        print(render_help(config_name, [a for a in args if "=" in a and not a.startswith("-")]))
+        return 0
     import hydra
     from omegaconf import DictConfig
     from omegaconf.errors import MissingMandatoryValue

@@ -13,9 +13,11 @@ def test_top_level_and_train_help(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "train" in proc.stdout and "route" in proc.stdout
     proc = run_cli(["train", "--help"], cwd=tmp_path)
     assert proc.returncode == 0
-    policies = next(line for line in proc.stdout.splitlines() if line.startswith("policy: "))
-    assert {"linucb", "random", "zero_router"} <= set(policies[len("policy: ") :].split(", "))
-    assert "data: arena, custom, routellm" in proc.stdout
+    lines = proc.stdout.splitlines()
+    (i,) = [n for n, line in enumerate(lines) if line.startswith("policy=linucb ")]
+    policies = " ".join(lines[i + 1 : i + 3]).split("options:", 1)[1].split("embedder=")[0]
+    assert {"linucb", "random", "zero_router", "routellm_mf"} <= set(policies.replace(",", " ").split())
+    assert "options: arena, custom, routellm" in proc.stdout
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
@@ -72,3 +74,34 @@ def test_multirun_in_parallel_with_nested_mlflow_runs(tmp_path: Path, cache_dir:
     assert parent.data.metrics["sweep/jobs"] == 2
     best = max(r.data.metrics["eval/linucb/aiq"] for r in children if "eval/linucb/aiq" in r.data.metrics)
     assert parent.data.metrics["sweep/best/eval/linucb/aiq"] == best
+
+
+def test_train_help_shows_each_key_with_its_documentation() -> None:
+    from router_rl.config_help import render_help
+
+    text = render_help("train", [])
+    lines = text.splitlines()
+    steps = next(line for line in lines if line.strip().startswith("steps: 10000"))
+    assert steps.endswith("# bandit interactions (decisions with feedback) per training run")
+    assert any(line.startswith("seed: 0") and "# seeds the splits" in line for line in lines)
+    (policy,) = [i for i, line in enumerate(lines) if line.startswith("policy=linucb")]
+    assert "the learner" in lines[policy] and "options: eps_greedy, knn," in lines[policy + 1]
+    # the chosen option's own keys and comments: kNN's, and a global experiment file's overrides
+    knn = render_help("train", ["policy=knn"])
+    assert "policy=knn" in knn and "_target_: router_rl.policies.knn.KNNRouter" in knn
+    block = knn.split("\npolicy:\n", 1)[1].split("\n", 5)[:4]  # _target_, k, epsilon, max_memory
+    assert block[1].startswith("  k: 20") and block[1].endswith("# neighbours per model")
+    assert all("#" in line for line in block[1:])
+
+
+def test_train_yaml_lists_every_policy() -> None:
+    import router_rl.configs
+
+    root = Path(router_rl.configs.__file__).parent
+    line = next(
+        line
+        for line in (root / "train.yaml").read_text().splitlines()
+        if line.strip().startswith("- policy:")
+    )
+    listed = set(line.split("#", 1)[1].split(":", 1)[1].replace("|", " ").split())
+    assert listed == {p.stem for p in (root / "policy").glob("*.yaml")}
