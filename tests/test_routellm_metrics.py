@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router_rl.routellm_metrics import apgr, cpt, pgr, pgr_curve, two_model_summary
+from router_rl.routellm_metrics import apgr, cpt, pgr, two_model_summary
 
 
 def test_pgr() -> None:
@@ -15,37 +15,46 @@ def test_pgr() -> None:
 
 
 def test_random_router_has_apgr_one_half_and_cpt_equal_to_target() -> None:
-    # a random router's PGR equals its strong share: the diagonal, area 1/2
+    # a random router's PGR equals its strong share: the diagonal, mean 1/2 over [0.1, 0.9]
     shares = np.linspace(0.1, 0.9, 9)
-    assert apgr(shares, shares) == pytest.approx(0.5)
-    assert cpt(shares, shares, 0.5) == pytest.approx(0.5)
-    assert cpt(shares, shares, 0.8) == pytest.approx(0.8)
+    q = 0.6 + 0.2 * shares
+    assert apgr(shares, q, 0.6, 0.8) == pytest.approx(0.5)
+    assert cpt(shares, q, 0.6, 0.8, 0.5) == pytest.approx(0.5)
+    assert cpt(shares, q, 0.6, 0.8, 0.8) == pytest.approx(0.8)
 
 
-def test_hand_computed_curve() -> None:
-    # points (0.2, 0.6), (0.5, 0.9) + ends (0,0), (1,1):
-    # area = 0.2*0.3 + 0.3*0.75 + 0.5*0.95 = 0.06 + 0.225 + 0.475 = 0.76
-    assert apgr([0.5, 0.2], [0.9, 0.6]) == pytest.approx(0.76)
-    # PGR 0.5 is reached on the first segment: 0.2 * 0.5/0.6 = 0.1667
-    assert cpt([0.2, 0.5], [0.6, 0.9], 0.5) == pytest.approx(0.2 * 0.5 / 0.6)
-    # PGR 0.8 on the second: 0.2 + 0.3 * (0.8-0.6)/(0.9-0.6) = 0.4
-    assert cpt([0.2, 0.5], [0.6, 0.9], 0.8) == pytest.approx(0.4)
+def test_hand_computed_example_as_routellm_evaluates_it() -> None:
+    """q_weak 0.6, q_strong 0.8; points (share, quality), given out of order: (0.5, 0.72), (0.2, 0.66),
+    (0.9, 0.79). Sorted by share, PGR = 0.3, 0.6, 0.95. RouteLLM's code: AUC = trapz(q, s) =
+    0.3 * (0.66 + 0.72) / 2 + 0.4 * (0.72 + 0.79) / 2 = 0.207 + 0.302 = 0.509; weak AUC 0.6 * 0.7 = 0.42,
+    strong AUC 0.8 * 0.7 = 0.56; APGR = (0.509 - 0.42) / (0.56 - 0.42) = 0.63571 (the mean PGR over the
+    reached shares 0.2..0.9, not the area over 0..1 with added end points, which would be 0.7005)."""
+    s, q = np.array([0.5, 0.2, 0.9]), np.array([0.72, 0.66, 0.79])
+    assert apgr(s, q, 0.6, 0.8) == pytest.approx((0.509 - 0.42) / 0.14)
+    # CPT(50%): quality 0.7 = 0.66 + 2/3 of the way to 0.72 -> share 0.2 + 2/3 * 0.3 = 0.4
+    assert cpt(s, q, 0.6, 0.8, 0.5) == pytest.approx(0.4)
+    # CPT(80%): quality 0.76 between 0.72 and 0.79 -> 0.5 + (0.04 / 0.07) * 0.4 = 0.72857
+    assert cpt(s, q, 0.6, 0.8, 0.8) == pytest.approx(0.5 + 0.4 * 0.04 / 0.07)
+    out = two_model_summary(s, q, 0.6, 0.8)
+    assert (out["share_min"], out["share_max"]) == (0.2, 0.9)
+    assert out["apgr"] == pytest.approx(0.635714, abs=1e-6)
 
 
-def test_curve_is_running_maximum_and_rejects_bad_shares() -> None:
-    s, p = pgr_curve(np.array([0.3, 0.6]), np.array([0.7, 0.4]))
-    np.testing.assert_allclose(s, [0.0, 0.3, 0.6, 1.0])
-    np.testing.assert_allclose(p, [0.0, 0.7, 0.7, 1.0])  # a worse point at a larger share is lifted
+def test_a_curve_that_stops_short_and_dips_is_not_lifted() -> None:
+    # a router reaching only shares 0..0.5: PGR 0, 0.8, 0.6 at shares 0, 0.25, 0.5: mean over [0, 0.5] =
+    # (0.25 * 0.4 + 0.25 * 0.7) / 0.5 = 0.55 (no (1, 1) end point, no running maximum)
+    s, q = np.array([0.0, 0.25, 0.5]), 0.6 + 0.2 * np.array([0.0, 0.8, 0.6])
+    assert apgr(s, q, 0.6, 0.8) == pytest.approx(0.55)
+    # a target above every point: numpy.interp returns the last share (RouteLLM's code does the same)
+    assert cpt(s, q, 0.6, 0.8, 0.9) == pytest.approx(0.5)
+    # one share only (0/0 in RouteLLM's code): the mean PGR of the points
+    assert apgr([0.3, 0.3], [0.64, 0.68], 0.6, 0.8) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="lie in \\[0, 1\\]"):
-        apgr([1.5], [0.2])
+        apgr([1.5], [0.7], 0.6, 0.8)
     with pytest.raises(ValueError, match="target PGR"):
-        cpt([0.5], [0.5], 0.0)
-
-
-def test_summary_from_qualities() -> None:
-    out = two_model_summary(np.array([0.2, 0.5]), np.array([0.66, 0.69]), q_weak=0.6, q_strong=0.7)
-    assert out["apgr"] == pytest.approx(0.76)
-    assert out["cpt80"] == pytest.approx(0.4)
+        cpt([0.5], [0.7], 0.6, 0.8, 0.0)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        apgr([], [], 0.6, 0.8)
 
 
 def test_two_model_figures_per_source_benchmark() -> None:
