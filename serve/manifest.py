@@ -330,8 +330,8 @@ def read_inside(root: Path, name: str, *, size: int) -> bytes:
             raise ArtifactError(f"{root}: {'/'.join(parts[: i + 1])} is not a directory")
     if st.st_size != size:
         raise ArtifactError(
-            f"{root / name}: {st.st_size} bytes, the manifest records {size}; the artifact is corrupted or was "
-            "modified"
+            f"{root / name}: {st.st_size} bytes, the manifest records {size}, so its sha256 cannot match; the "
+            "artifact is corrupted or was modified"
         )
     flags = (
         os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
