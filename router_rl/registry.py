@@ -3,15 +3,31 @@
 
 The MLflow model is a ``pyfunc`` whose ``artifacts`` hold the router artifact directory unchanged
 (``artifacts/router_artifact/manifest.json`` + weights): ``router-rl serve models:/NAME/VERSION`` downloads it
-and serves it after the usual hash checks, and ``mlflow.pyfunc.load_model(...).predict(prompts)`` routes
-prompts in any MLflow tooling. This module imports MLflow; the serving module never
+and serves it after the usual hash checks, and in any MLflow tooling
+
+    model = mlflow.pyfunc.load_model("models:/router/1")
+    model.predict(["Prove that sqrt(2) is irrational."], params={"cost_weight": 0.5, "candidates": [...]})
+
+answers what :meth:`router_rl.serve.router.Router.decide` answers: one ``{model, scores, propensity,
+estimates, decision_id, policy_version}`` per prompt. Its signature takes prompts (a list of strings, one
+string column, or ``{"inputs": [...]}`` when served) and the params ``cost_weight``, ``latency_weight``,
+``candidates``, ``max_cost_usd`` and ``latency_budget_s``; it carries an input example. Its requirements
+resolve without this repository: the project's own wheel (built with ``pip wheel --no-deps``) is logged
+inside the model (``artifacts/wheels/``) and named in ``requirements.txt``, so ``mlflow models serve``, its virtualenv and docker builds install router-rl from
+the model itself and its dependencies from the index. This module imports MLflow; the serving module never
 imports this file (the CLI imports it for ``models:/`` arguments only).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +37,154 @@ import pydantic
 from router_rl.serve.artifact import MANIFEST, ArtifactError, load_artifact
 
 ARTIFACT_KEY = "router_artifact"  # the name of the artifact directory inside the MLflow model
+WHEELS_DIR = "wheels"  # the project's wheel lies in the MLflow model's artifacts/wheels/
+PARAMS = ("cost_weight", "latency_weight", "candidates", "max_cost_usd", "latency_budget_s")
+INPUT_COLUMN = "prompt"
+EXAMPLE_PROMPTS = ["Prove that sqrt(2) is irrational.", "Write a haiku about the sea."]
+
+log = logging.getLogger(__name__)
 
 
-class RoutedPrompt(pydantic.BaseModel):
-    """One decision of :class:`RouterModel`."""
+def model_signature() -> Any:
+    """The pyfunc's signature: prompts in (one string column); one decision per prompt out; the routing limits
+    as params (None / an empty list: not set, so the artifact's defaults apply)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
-    model: str
-    propensity: float
-    policy_version: str
+    return ModelSignature(
+        # one unnamed string column: a list of prompts, {"inputs": [...]} and a one-column frame all fit
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "model"),
+                ColSpec(AnyType(), "scores"),
+                ColSpec("double", "propensity"),
+                ColSpec(AnyType(), "estimates"),
+                ColSpec("string", "decision_id"),
+                ColSpec("string", "policy_version"),
+            ]
+        ),
+        params=ParamSchema(
+            [
+                ParamSpec("cost_weight", "double", None),
+                ParamSpec("latency_weight", "double", None),
+                ParamSpec("candidates", "string", [], shape=(-1,)),
+                ParamSpec("max_cost_usd", "double", None),
+                ParamSpec("latency_budget_s", "double", None),
+            ]
+        ),
+    )
 
 
+def _prompts(model_input: Any) -> list[str]:
+    """The prompts of a pyfunc input: a DataFrame with a ``prompt`` column, a list (or array) of strings, one
+    string, or records ``{"prompt": ...}``."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if INPUT_COLUMN in model_input.columns:
+            values = model_input[INPUT_COLUMN].tolist()
+        elif model_input.shape[1] == 1:
+            values = model_input.iloc[:, 0].tolist()
+        else:
+            raise _invalid(f"expected a {INPUT_COLUMN!r} column, got columns {list(model_input.columns)}")
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, dict) and INPUT_COLUMN in model_input:
+        values = _as_list(model_input[INPUT_COLUMN])
+    else:
+        values = [v.get(INPUT_COLUMN) if isinstance(v, dict) else v for v in _as_list(model_input)]
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise _invalid(f"prompt(s) at {bad[:10]} are not non-empty strings")
+    return [str(v) for v in values]
+
+
+def _as_list(values: Any) -> list[Any]:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _invalid(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException.invalid_parameter_value(f"router-rl: {message}")
+
+
+def limits_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """Router limits from pyfunc params, validated as ``POST /v1/route`` validates them (None and an empty
+    candidate list mean: not set)."""
+    from router_rl.serve.schemas import Limits
+
+    given = {k: v for k, v in (params or {}).items() if k in PARAMS and v is not None}
+    if not given.get("candidates"):
+        given.pop("candidates", None)
+    latency_weight = given.pop("latency_weight", None)
+    try:
+        limits = Limits.model_validate(
+            {k: ([str(c) for c in v] if k == "candidates" else float(v)) for k, v in given.items()},
+            strict=False,
+        )
+    except (pydantic.ValidationError, TypeError, ValueError) as err:
+        raise _invalid(f"bad params {given}: {err}") from None
+    out = limits.model_dump(exclude_none=True)
+    if latency_weight is not None:
+        if not (math.isfinite(float(latency_weight)) and float(latency_weight) >= 0):
+            raise _invalid(f"latency_weight={latency_weight!r}: expected a finite number >= 0")
+        out["latency_weight"] = float(latency_weight)
+    return out
+
+
+# no type hints on predict: MLflow warns once that it could infer a signature from them, but this model's
+# signature is explicit (model_signature: type hints cannot express params), and MLflow 3.17 failed to serialize
+# this class with a hinted predict
 class RouterModel(mlflow.pyfunc.PythonModel):
-    """Routes prompts with the packaged artifact: ``predict`` takes a list of prompts and returns one
-    ``{model, propensity, policy_version}`` per prompt, at the artifact's default cost weight (the HTTP
-    service takes a cost weight per request)."""
+    """Routes prompts with the packaged artifact: ``predict(prompts, params={...})`` returns, per prompt, what
+    :meth:`Router.decide` returns for those limits, as a dict (``Decision.to_dict()``)."""
 
     def load_context(self, context):  # noqa: ANN001, ANN201 - MLflow's signature
         from router_rl.serve.router import Router
 
         self.router = Router(context.artifacts[ARTIFACT_KEY])
 
-    def predict(
-        self,
-        context,  # noqa: ANN001 - MLflow's PythonModelContext
-        model_input: list[str],
-    ) -> list[RoutedPrompt]:
-        decisions = self.router.decide([str(p) for p in model_input])
-        return [
-            RoutedPrompt(model=d.model, propensity=d.propensity, policy_version=d.policy_version)
-            for d in decisions
-        ]
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow's signature
+        prompts = _prompts(model_input)
+        limits = limits_from_params(params)
+        try:
+            decisions = self.router.decide(prompts, **limits)
+        except ValueError as err:  # e.g. a candidate unknown to the artifact
+            raise _invalid(str(err)) from None
+        return [d.to_dict() for d in decisions]
+
+
+def project_root() -> Path | None:
+    """The source tree of this router-rl (an editable install or a checkout), or None for an installed wheel."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    found = re.search(r'^name\s*=\s*"([^"]+)"', pyproject.read_text(), re.MULTILINE)
+    name = found.group(1) if found else None
+    return root if name == "router-rl" else None
+
+
+def build_wheel(out_dir: str | Path, root: str | Path | None = None) -> Path:
+    """The project's wheel, built with ``pip wheel --no-deps`` from its source tree into ``out_dir``."""
+    root = Path(root) if root is not None else project_root()
+    if root is None:
+        raise ArtifactError(
+            "router-rl is not installed from its source tree, so its wheel cannot be built here; pass wheel=PATH "
+            "(e.g. the wheel you installed) to register_artifact"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out)]
+    proc = subprocess.run([*base, "--no-build-isolation", str(root)], capture_output=True, text=True)
+    if proc.returncode != 0:  # no setuptools/wheel in this environment: let pip fetch the build backend
+        proc = subprocess.run([*base, str(root)], capture_output=True, text=True)
+    wheels = sorted(out.glob("router_rl-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise ArtifactError(f"building router-rl's wheel from {root} failed:\n{proc.stderr[-2000:]}")
+    return wheels[-1]
 
 
 def register_artifact(
@@ -62,6 +196,7 @@ def register_artifact(
     registry_uri: str | None = None,
     tags: dict[str, str] | None = None,
     alias: str | None = None,
+    wheel: str | Path | None = None,
 ) -> Any:
     """Log ``artifact_dir`` as an MLflow pyfunc model and register it as a new version of ``name``.
 
@@ -73,6 +208,8 @@ def register_artifact(
         tracking_uri, registry_uri: MLflow URIs (default: ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
         tags: tags of the new model version (the policy version and training run are always added).
         alias: also point this alias (e.g. ``champion``) at the new version.
+        wheel: router-rl's wheel to log with the model; None: built from the source tree (``pip wheel
+            --no-deps``, a few seconds).
 
     Returns:
         the ``ModelVersion`` (``.version`` is the number to put in ``models:/NAME/VERSION``).
@@ -98,13 +235,26 @@ def register_artifact(
     # about pickled Python objects does not apply
     pyfunc_log.setLevel(logging.ERROR)
     try:
-        info = mlflow.pyfunc.log_model(
-            name=ARTIFACT_KEY,
-            python_model=RouterModel(),
-            artifacts={ARTIFACT_KEY: str(Path(artifact_dir).resolve())},
-            pip_requirements=["router-rl"],
-            registered_model_name=name,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            wheels = Path(tmp) / WHEELS_DIR  # copied into the model as artifacts/wheels/
+            if wheel is None:
+                built = build_wheel(wheels)
+            else:
+                wheels.mkdir()
+                built = Path(shutil.copy2(wheel, wheels))
+            info = mlflow.pyfunc.log_model(
+                name=ARTIFACT_KEY,
+                python_model=RouterModel(),
+                artifacts={ARTIFACT_KEY: str(Path(artifact_dir).resolve()), WHEELS_DIR: str(wheels)},
+                # a path inside the model: MLflow installs requirements from the model's directory
+                pip_requirements=[f"artifacts/{WHEELS_DIR}/{built.name}"],
+                signature=model_signature(),
+                input_example=(
+                    EXAMPLE_PROMPTS,
+                    {"cost_weight": float(art.manifest.get("default_cost_weight", 0.0))},
+                ),
+                registered_model_name=name,
+            )
     finally:
         pyfunc_log.setLevel(level)
         if own_run is not None:
