@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import re
@@ -24,7 +25,7 @@ import aiohttp
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,10 +33,12 @@ from router_rl.serve.artifact import ArtifactError
 from router_rl.serve.batching import MicroBatcher
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
+from router_rl.serve.jsonbody import StrictJSONRoute
 from router_rl.serve.metrics import Metrics
-from router_rl.serve.proxy import ChatProxy
+from router_rl.serve.proxy import HEADER_DURABLE, ChatProxy
 from router_rl.serve.router import Router
 from router_rl.serve.schemas import (
+    MAX_COST_WEIGHT,
     ChatRequest,
     FeedbackRequest,
     FeedbackResponse,
@@ -51,7 +54,12 @@ from router_rl.serve.upstreams import UpstreamMap, new_client
 
 log = logging.getLogger("router_rl.serve")
 
-ROUTER_MODEL = re.compile(r"^router(?:-(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?$")
+# matched with fullmatch: "$" would also match before a trailing newline ("router-0.5\n")
+ROUTER_MODEL = re.compile(r"router(?:-(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?")
+DEADLINE = "router_rl.deadline"  # scope key: the request's deadline in event-loop time
+# the hard stop of a request comes this long after its deadline, so that the proxy's own answer at the
+# deadline (a 504, an error event ending a stream) goes out first
+HARD_STOP_GRACE_S = 1.0
 ENDPOINTS = (
     "/v1/route",
     "/v1/chat/completions",
@@ -99,7 +107,7 @@ def check_prompt(text: str, max_chars: int) -> None:
 
 def cost_weight_of(model: str) -> float | None:
     """``router`` -> None (the artifact's default), ``router-0.5`` -> 0.5; anything else: 404."""
-    match = ROUTER_MODEL.match(model)
+    match = ROUTER_MODEL.fullmatch(model)
     if match is None:
         raise APIError(
             404,
@@ -112,8 +120,13 @@ def cost_weight_of(model: str) -> float | None:
     if w is None:
         return None
     value = float(w)
-    if not math.isfinite(value):
-        raise APIError(400, f"cost weight {w!r} in the model name is not a finite number", param="model")
+    if not (math.isfinite(value) and value <= MAX_COST_WEIGHT):
+        raise APIError(
+            400,
+            f"cost weight {w!r} in the model name is out of range: expected a number in [0, {MAX_COST_WEIGHT:g}]",
+            param="model",
+            code="invalid_cost_weight",
+        )
     return value
 
 
@@ -151,11 +164,29 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}{first.get('msg', 'invalid value')}{more}", param
 
 
+def key_name(keys: list[tuple[str, bytes]], token: str) -> str | None:
+    """The name of the API key whose token is ``token``, or None. Every key is compared, each in constant
+    time (:func:`hmac.compare_digest`), so the answer's timing tells nothing about which key, or how much of
+    one, matched."""
+    given = token.encode()
+    found = None
+    for name, secret in keys:
+        if hmac.compare_digest(given, secret):
+            found = name
+    return found
+
+
 # ------------------------------------------------------------------------------------------ middleware
 
 
 class EdgeMiddleware:
-    """Pure ASGI middleware: request metrics, in-flight gauge and the body-size limit (413, before parsing)."""
+    """Pure ASGI middleware at the edge of every HTTP request: request metrics and the in-flight gauge, the
+    body-size limit (413, before parsing), the body deadline (408: a client that sends its body slower than
+    ``client_body_timeout_s``, or less than its Content-Length, does not hold the request open), and the
+    request deadline (``request_timeout_s`` from the head; the proxy answers at the deadline itself, this is the
+    hard stop shortly after it: 504 when nothing was sent yet, else the connection is closed, which also ends
+    a response a client has stopped reading). A client that leaves before its answer is complete counts as 499.
+    """
 
     def __init__(self, app: Any, service: Service) -> None:
         self.app = app
@@ -165,19 +196,37 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        metrics, limit = self.service.metrics, self.service.settings.max_body_bytes
+        settings = self.service.settings
+        metrics, limit = self.service.metrics, settings.max_body_bytes
         path = scope.get("path", "")
         endpoint = path if path in ENDPOINTS else "other"
-        status = {"code": 500}
+        state: dict[str, Any] = {"code": None, "complete": False, "left": False}
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        deadline = loop.time() + settings.request_timeout_s
+        scope[DEADLINE] = deadline
         metrics.inflight.inc()
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                state["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["complete"] = True
             await send(message)
 
+        async def receive_wrapper() -> dict:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not state["complete"]:
+                state["left"] = True
+            return message
+
+        async def refuse(status: int, message: str, code: str) -> None:
+            await JSONResponse(
+                error_body(status, message, code=code), status_code=status, headers={"Connection": "close"}
+            )(scope, receive, send_wrapper)
+
         try:
+            app_receive: Callable = receive_wrapper
             if scope.get("method") in ("POST", "PUT", "PATCH"):
                 declared = dict(scope.get("headers") or []).get(b"content-length")
                 too_big = False
@@ -188,8 +237,19 @@ class EdgeMiddleware:
                         too_big = False
                 body = b""
                 more = not too_big
+                body_deadline = min(deadline, loop.time() + settings.client_body_timeout_s)
                 while more:
-                    message = await receive()
+                    try:
+                        async with asyncio.timeout_at(body_deadline):
+                            message = await receive_wrapper()
+                    except TimeoutError:
+                        await refuse(
+                            408,
+                            f"the request body did not arrive within {settings.client_body_timeout_s:g} s "
+                            f"({len(body)} bytes came)",
+                            "request_timeout",
+                        )
+                        return
                     if message["type"] == "http.disconnect":
                         return
                     body += message.get("body", b"")
@@ -198,14 +258,11 @@ class EdgeMiddleware:
                         too_big = True
                         break
                 if too_big:
-                    await JSONResponse(
-                        error_body(
-                            413,
-                            f"the request body is larger than this router's limit of {limit} bytes",
-                            code="body_too_large",
-                        ),
-                        status_code=413,
-                    )(scope, receive, send_wrapper)
+                    await refuse(
+                        413,
+                        f"the request body is larger than this router's limit of {limit} bytes",
+                        "body_too_large",
+                    )
                     return
                 replayed = False
 
@@ -214,14 +271,35 @@ class EdgeMiddleware:
                     if not replayed:
                         replayed = True
                         return {"type": "http.request", "body": body, "more_body": False}
-                    return await receive()
+                    return await receive_wrapper()
 
-                await self.app(scope, replay, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
+                app_receive = replay
+            try:
+                async with asyncio.timeout_at(deadline + HARD_STOP_GRACE_S):
+                    await self.app(scope, app_receive, send_wrapper)
+            except TimeoutError:
+                log.warning(
+                    "%s %s passed its deadline of %g s; %s",
+                    scope.get("method"),
+                    path,
+                    settings.request_timeout_s,
+                    "answered 504" if state["code"] is None else "closing the connection",
+                )
+                if state["code"] is None:
+                    await refuse(
+                        504,
+                        f"the request took longer than this router's limit of {settings.request_timeout_s:g} s",
+                        "deadline_exceeded",
+                    )
         finally:
             metrics.inflight.dec()
-            metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            if state["left"] and not state["complete"]:
+                status = 499  # the client closed the connection before its answer was complete (nginx's code)
+            elif state["code"] is None:
+                status = 500
+            else:
+                status = state["code"]
+            metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             metrics.request_latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
 
 
@@ -336,7 +414,12 @@ def create_app(
         version="1",
         summary="Learned LLM routing: decisions, an OpenAI-compatible proxy, feedback and metrics",
         lifespan=lifespan,
+        # the schema and its pages need no key; --no-docs turns them off
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
+    app.router.route_class = StrictJSONRoute  # before any route: every JSON body parsed strictly
     app.state.service = service
 
     # ---------------------------------------------------------------- errors: always an OpenAI-style body
@@ -364,14 +447,14 @@ def create_app(
         return JSONResponse(error_body(500, f"internal error ({type(err).__name__})"), status_code=500)
 
     # ---------------------------------------------------------------- auth
-    tokens = settings.key_names
+    keys = [(name, token.encode()) for name, token in settings.api_keys.items()]
 
     async def api_key(request: Request) -> str:
-        if not tokens:
+        if not keys:
             return "anonymous"
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        name = tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        name = key_name(keys, token.strip()) if scheme.lower() == "bearer" else None
         if name is None:
             raise APIError(
                 401,
@@ -396,7 +479,7 @@ def create_app(
             prompt = prompt_of(body.messages or [], settings.max_prompt_chars)
         limits = limits_of(body, service.router.models)
         routed = await service.decide(prompt, limits)
-        service.log_decision(routed, prompt, "route", key)
+        durable = await service.logged(service.log_decision(routed, prompt, "route", key))
         d = routed.decision
         w = limits["cost_weight"]
         return JSONResponse(
@@ -410,11 +493,13 @@ def create_app(
                     w if w is not None else routed.router.artifact.manifest.get("default_cost_weight", 0.0)
                 ),
                 "estimates": d.estimates,
-            }
+                "durable": durable,
+            },
+            headers={HEADER_DURABLE: "true" if durable else "false"},
         )
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
-    async def chat_completions(body: ChatRequest, key: str = Depends(api_key)) -> Response:
+    async def chat_completions(request: Request, body: ChatRequest, key: str = Depends(api_key)) -> Response:
         """OpenAI chat completions, routed: the policy picks the model, the request goes to its upstream, and
         on 429, 5xx, timeout or connection error to the next best. ``x-router-model`` names who answered."""
         cost_weight = cost_weight_of(body.model)
@@ -442,11 +527,14 @@ def create_app(
         if len(reachable) < len(router.models):
             limits["candidates"] = reachable
         routed = await service.decide(prompt, limits)
-        service.log_decision(routed, prompt, "chat", key)
+        future = service.log_decision(routed, prompt, "chat", key)
         payload = body.model_dump(exclude_unset=True, exclude={"router"})
-        if body.stream:
-            return await proxy.stream(routed, payload, key)
-        return await proxy.complete(routed, payload, key)
+        deadline = (
+            request.scope.get(DEADLINE) or asyncio.get_running_loop().time() + settings.request_timeout_s
+        )
+        forward = proxy.stream if body.stream else proxy.complete
+        # the upstream call and the decision's commit overlap; the answer waits for both
+        return await forward(routed, payload, key, deadline=deadline, logged=lambda: service.logged(future))
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, responses=ERROR_RESPONSES)
     async def feedback(body: FeedbackRequest, key: str = Depends(api_key)) -> JSONResponse:
@@ -483,22 +571,24 @@ def create_app(
     async def healthz() -> JSONResponse:
         """Liveness and what is being served."""
         r = service.router
-        return JSONResponse(
-            {
-                "status": "ok",
-                "policy_version": r.artifact.version,
-                "models": r.models,
-                "device": r.artifact.device,
-                "encoder": {**r.embedder.describe, "trained_max_seq_length": r.trained_max_seq_length},
-                "queue": service.batcher.queued if service.batcher else 0,
-                "uptime_s": round(time.time() - service.started_at, 3),
-                "decision_log": str(service.decision_log.path) if service.decision_log else None,
-            }
-        )
+        health = {
+            "status": "ok",
+            "policy_version": r.artifact.version,
+            "models": r.models,
+            "device": r.artifact.device,
+            "encoder": {**r.embedder.describe, "trained_max_seq_length": r.trained_max_seq_length},
+            "queue": service.batcher.queued if service.batcher else 0,
+            "uptime_s": round(time.time() - service.started_at, 3),
+            "decision_log": service.decision_log is not None,
+            "durable_decisions": service.decision_log is not None and settings.durable_decisions,
+        }
+        if settings.healthz_log_path and service.decision_log is not None:  # a server path: off by default
+            health["decision_log_path"] = str(service.decision_log.path)
+        return JSONResponse(health)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
-        """Prometheus text exposition."""
+        """Prometheus text exposition (``text/plain``)."""
         metrics.queue.set(service.batcher.queued if service.batcher else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -510,7 +600,8 @@ def create_app(
                 403, "reload over HTTP is off: start the router with --admin-token", code="admin_disabled"
             )
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or token.strip() != settings.admin_token:
+        given = token.strip().encode()
+        if not hmac.compare_digest(given, settings.admin_token.encode()) or scheme.lower() != "bearer":
             raise APIError(
                 401,
                 "missing or wrong admin token",

@@ -164,6 +164,8 @@ def main(args: Sequence[str]) -> int:
         )
     except (ArtifactError, SettingsError, UpstreamConfigError, FileNotFoundError, RuntimeError) as err:
         return _fail(err)
+    from router_rl.serve.server import uvicorn_options
+
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -172,6 +174,7 @@ def main(args: Sequence[str]) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(max(1, round(settings.graceful_timeout_s))),
         lifespan="on",
+        **uvicorn_options(settings),  # deadlines on request heads and idle keep-alive connections
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; a planned stop exits with status 0

@@ -11,10 +11,13 @@ Tables:
     ``feedback``: one row per decision_id (the latest feedback wins): ``quality`` in [0, 1], optional
     ``cost_usd`` and ``latency_s``, time.
 
-One writer thread owns the connection and commits in groups. Decisions and outcomes are queued without
-waiting (a full queue drops the row and counts it); feedback waits for its own commit: ``synchronous=FULL``
-in WAL mode syncs the log file on every commit, so feedback acknowledged to a client survives a crash or a
-SIGKILL of the server. Nothing here imports training-only code.
+One writer thread owns the connection and commits in groups: everything queued while it was syncing the
+previous group goes into the next transaction (group commit), so under load one sync covers many rows.
+``synchronous=FULL`` in WAL mode syncs the log file on every commit. Producers never block: each operation
+is queued at once (a full queue refuses it) and returns a future that resolves once its group is committed
+and synced. The service awaits the futures of feedback and, by default, of decisions before answering, so
+feedback and decision ids acknowledged to a client survive a crash or a SIGKILL of the server; outcomes are
+not awaited. Nothing here imports training-only code.
 """
 
 from __future__ import annotations
@@ -160,9 +163,13 @@ class DecisionLog:
         self._thread.start()
 
     # ------------------------------------------------------------------ producers (any thread, non-blocking)
-    def log_decision(self, row: dict[str, Any]) -> bool:
-        """Queue a decision row (keys: :data:`DECISION_COLUMNS`); False when dropped because the queue is full."""
-        return self._put(_Op("decision", tuple(row.get(c) for c in DECISION_COLUMNS)))
+    def log_decision(self, row: dict[str, Any]) -> Future:
+        """Queue a decision row (keys: :data:`DECISION_COLUMNS`). The future resolves once the row is committed
+        and synced; it holds :class:`LogFull` at once when the queue is full (the row is dropped and counted)."""
+        future: Future = Future()
+        if not self._put(_Op("decision", tuple(row.get(c) for c in DECISION_COLUMNS), future)):
+            future.set_exception(LogFull("the decision log writer is behind; the decision was not logged"))
+        return future
 
     def log_outcome(self, decision_id: str, **outcome: Any) -> bool:
         """Queue what happened upstream (keys: :data:`OUTCOME_COLUMNS`)."""
@@ -239,6 +246,7 @@ class DecisionLog:
                         f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})",
                         op.args,
                     )
+                    results.append((op.future, None))  # type: ignore[arg-type]
                 elif op.kind == "outcome":
                     conn.execute(
                         f"UPDATE decisions SET {', '.join(f'{c} = ?' for c in OUTCOME_COLUMNS)} WHERE decision_id = ?",
@@ -263,6 +271,8 @@ class DecisionLog:
                 conn.execute("ROLLBACK")
             results = [(op.future, err) for op in group if op.future is not None]
         for future, error in results:
+            if future is None:
+                continue
             if error is None:
                 future.set_result(True)
             else:

@@ -2,7 +2,8 @@
 
 Every name starts with ``router_rl_``. Label values are bounded: endpoints are the service's routes (else
 ``other``), models come from the artifact, API keys are the configured key names (``anonymous`` without
-authentication), error kinds are a fixed set.
+authentication; one ``all`` label with ``--no-metrics-key-names``), error kinds are a fixed set. A client that
+left before its answer was complete counts with status 499.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "router_rl_upstream_errors",
-            "Upstream failures that trigger a fallback, by model and kind (429, 5xx, timeout, connect, malformed)",
+            "Upstream failures by model and kind: 429, 5xx, timeout, connect, malformed (these fall back to the next "
+            "model), stream (a started stream broke or ended without [DONE]), deadline (a started stream passed "
+            "its deadline)",
             ["model", "kind"],
             registry=r,
         )

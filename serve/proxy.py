@@ -4,9 +4,11 @@ dollars per model and API key."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,6 +22,9 @@ HEADER_MODEL = "x-router-model"
 HEADER_DECISION = "x-router-decision-id"
 HEADER_POLICY = "x-router-policy-version"
 HEADER_ATTEMPTS = "x-router-attempts"
+HEADER_DURABLE = "x-router-decision-durable"  # true: the decision's log row was synced before this answer
+
+Logged = Callable[[], Awaitable[bool]]  # waits for the decision's log row; whether it is durable
 
 
 def with_stream_usage(payload: dict[str, Any], ask: bool) -> tuple[dict[str, Any], bool]:
@@ -101,12 +106,13 @@ class ChatProxy:
                 pause = 1.0
             self.service.cooldown[attempt.model] = time.monotonic() + pause
 
-    def _headers(self, routed: Routed, model: str, attempts: int) -> dict[str, str]:
+    def _headers(self, routed: Routed, model: str, attempts: int, durable: bool) -> dict[str, str]:
         return {
             HEADER_MODEL: model,
             HEADER_DECISION: routed.decision.decision_id,
             HEADER_POLICY: routed.decision.policy_version,
             HEADER_ATTEMPTS: str(attempts),
+            HEADER_DURABLE: "true" if durable else "false",
         }
 
     def _account(
@@ -117,7 +123,8 @@ class ChatProxy:
             self.metrics.tokens.labels(model=model, kind="prompt").inc(p)
             self.metrics.tokens.labels(model=model, kind="completion").inc(c)
         if cost is not None:
-            self.metrics.spend.labels(model=model, api_key=key).inc(cost)
+            label = key if self.settings.metrics_key_names else "all"
+            self.metrics.spend.labels(model=model, api_key=label).inc(cost)
         if model != routed.decision.model:
             self.metrics.fallbacks.labels(chosen=routed.decision.model).inc()
         if self.service.decision_log is not None:
@@ -132,28 +139,38 @@ class ChatProxy:
                 latency_s=seconds,
             )
 
-    def _all_failed(self, routed: Routed, attempts: list[Attempt]) -> APIError:
+    def _all_failed(self, routed: Routed, attempts: list[Attempt], late: bool, durable: bool) -> APIError:
+        """The error when no attempt answered; ``late``: the request's deadline ended the attempts (504)."""
         if self.service.decision_log is not None:
             self.service.decision_log.log_outcome(
-                routed.decision.decision_id, status="failed", attempts=len(attempts)
+                routed.decision.decision_id, status="deadline" if late else "failed", attempts=len(attempts)
             )
+        headers = {
+            HEADER_DECISION: routed.decision.decision_id,
+            HEADER_DURABLE: "true" if durable else "false",
+        }
         summary = "; ".join(f"{a.model}: {a.kind}" + (f" {a.status}" if a.status else "") for a in attempts)
+        if late:
+            return APIError(
+                504,
+                f"no upstream answered within this router's request deadline of "
+                f"{self.settings.request_timeout_s:g} s ({summary or 'no attempt left time'})",
+                code="deadline_exceeded",
+                headers=headers,
+            )
         if attempts and all(a.kind == "429" for a in attempts):
             return APIError(
                 429,
                 f"every upstream tried is rate-limited ({summary})",
                 code="rate_limited",
-                headers={"Retry-After": "1", HEADER_DECISION: routed.decision.decision_id},
+                headers={"Retry-After": "1", **headers},
             )
         return APIError(
-            502,
-            f"every upstream tried failed ({summary})",
-            code="upstream_failed",
-            headers={HEADER_DECISION: routed.decision.decision_id},
+            502, f"every upstream tried failed ({summary})", code="upstream_failed", headers=headers
         )
 
     def _client_error(
-        self, routed: Routed, attempt: Attempt, resp: UpstreamResponse, attempts: int
+        self, routed: Routed, attempt: Attempt, resp: UpstreamResponse, attempts: int, durable: bool
     ) -> Response:
         if self.service.decision_log is not None:
             self.service.decision_log.log_outcome(
@@ -171,84 +188,172 @@ class ChatProxy:
                 resp.status_code, f"upstream {attempt.model} refused the request: {resp.text[:300]}"
             )
         return JSONResponse(
-            data, status_code=resp.status_code, headers=self._headers(routed, attempt.model, attempts)
+            data,
+            status_code=resp.status_code,
+            headers=self._headers(routed, attempt.model, attempts, durable),
         )
 
-    async def complete(self, routed: Routed, payload: dict[str, Any], key: str) -> Response:
+    def _attempt_deadline(self, deadline: float) -> float:
+        """When the next attempt must end: its own limit, within the request's ``deadline``."""
+        return min(deadline, asyncio.get_running_loop().time() + self.settings.upstream_attempt_timeout_s)
+
+    async def complete(
+        self, routed: Routed, payload: dict[str, Any], key: str, *, deadline: float, logged: Logged
+    ) -> Response:
+        """A non-streamed chat completion by ``deadline`` (event-loop time), trying the ranked models in
+        turn; ``logged`` is awaited before any answer (whether the decision is durable)."""
         assert self.service.client is not None
+        loop = asyncio.get_running_loop()
         tried: list[Attempt] = []
         for model in self._order(routed):
             upstream = self.service.upstreams.get(model)
             if upstream is None:
                 continue
+            if loop.time() >= deadline:
+                break
             attempt, resp, data = await call_json(
-                self.service.client, upstream, {**payload, "model": upstream.model}, model
+                self.service.client,
+                upstream,
+                {**payload, "model": upstream.model},
+                model,
+                deadline=self._attempt_deadline(deadline),
             )
             tried.append(attempt)
             self._record(attempt, resp.headers.get("retry-after") if resp is not None else None)
             if attempt.kind == "client_error" and resp is not None:
-                return self._client_error(routed, attempt, resp, len(tried))
+                return self._client_error(routed, attempt, resp, len(tried), await logged())
             if not attempt.ok or data is None:
                 continue
             data["model"] = model
             status = "ok" if model == routed.decision.model else "fallback"
             self._account(routed, model, data.get("usage"), key, attempt.seconds, len(tried), status)
-            return JSONResponse(data, headers=self._headers(routed, model, len(tried)))
-        raise self._all_failed(routed, tried)
+            durable = await logged()
+            return JSONResponse(data, headers=self._headers(routed, model, len(tried), durable))
+        raise self._all_failed(routed, tried, loop.time() >= deadline, await logged())
 
-    async def stream(self, routed: Routed, payload: dict[str, Any], key: str) -> Response:
+    async def stream(
+        self, routed: Routed, payload: dict[str, Any], key: str, *, deadline: float, logged: Logged
+    ) -> Response:
+        """A streamed chat completion: fallback until an upstream starts its stream, then relayed as it
+        comes until the attempt's deadline (an error event ends it there: bytes already went out, so it is too
+        late to fall back)."""
         assert self.service.client is not None
+        loop = asyncio.get_running_loop()
         payload, strip_usage = with_stream_usage(payload, self.settings.stream_usage)
         tried: list[Attempt] = []
         for model in self._order(routed):
             upstream = self.service.upstreams.get(model)
             if upstream is None:
                 continue
+            if loop.time() >= deadline:
+                break
+            attempt_deadline = self._attempt_deadline(deadline)
             attempt, resp = await open_stream(
-                self.service.client, upstream, {**payload, "model": upstream.model}, model
+                self.service.client,
+                upstream,
+                {**payload, "model": upstream.model},
+                model,
+                deadline=attempt_deadline,
             )
             tried.append(attempt)
             self._record(attempt, resp.headers.get("retry-after") if resp is not None else None)
             if attempt.kind == "client_error" and resp is not None:
-                return self._client_error(routed, attempt, resp, len(tried))
+                return self._client_error(routed, attempt, resp, len(tried), await logged())
             if not attempt.ok or resp is None:
                 continue
+            try:
+                durable = await logged()
+            except BaseException:
+                await resp.aclose()
+                raise
+            relay = Relay(self, routed, resp, model, key, attempt, len(tried), strip_usage, attempt_deadline)
             return StreamingResponse(
-                self._relay(routed, resp, model, key, attempt, len(tried), strip_usage),
+                relay.events(),
                 media_type="text/event-stream",
-                headers={**self._headers(routed, model, len(tried)), "Cache-Control": "no-cache"},
+                headers={**self._headers(routed, model, len(tried), durable), "Cache-Control": "no-cache"},
             )
-        raise self._all_failed(routed, tried)
+        raise self._all_failed(routed, tried, loop.time() >= deadline, await logged())
 
-    async def _relay(
-        self,
-        routed: Routed,
-        resp: UpstreamResponse,
-        model: str,
-        key: str,
-        attempt: Attempt,
-        attempts: int,
-        strip_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        """Pass the upstream's server-sent events through, naming the model that answers in every chunk."""
+
+@dataclass
+class Relay:
+    """One upstream stream relayed to the client (:meth:`events`), accounted when it ends."""
+
+    proxy: ChatProxy
+    routed: Routed
+    resp: UpstreamResponse
+    model: str
+    key: str
+    attempt: Attempt
+    attempts: int
+    strip_usage: bool
+    deadline: float  # event-loop time by which the stream must have ended
+    status: str = "ok"  # the outcome logged for the decision: ok, fallback, stream_error, deadline_exceeded
+
+    def _error(self, status: str, kind: str, message: str) -> bytes:
+        """The OpenAI-style error event that ends a broken stream (no ``[DONE]`` follows it). It opens with a
+        blank line, which ends any event the upstream left unfinished."""
+        self.status = status
+        self.proxy.metrics.upstream_errors.labels(model=self.model, kind=kind).inc()
+        event = error_body(502 if kind == "stream" else 504, message, code=status)
+        return f"\ndata: {json.dumps(event)}\n\n".encode()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The upstream's server-sent events as they come, naming the model that answers in every chunk, up
+        to its ``data: [DONE]``. A stream that ends without it (the connection closed), breaks, or passes the
+        deadline ends with an error event instead and counts as an upstream failure of its model."""
         usage: Any = None
-        status = "ok" if model == routed.decision.model else "fallback"
+        self.status = "ok" if self.model == self.routed.decision.model else "fallback"
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        lines = aiter(self.resp.aiter_lines())
+        done = False
         try:
-            async for line in resp.aiter_lines():
-                out, chunk_usage = relay_line(line, model, strip_usage=strip_usage)
+            while not done:
+                try:
+                    async with asyncio.timeout_at(self.deadline):
+                        raw = await anext(lines)
+                except StopAsyncIteration:
+                    break
+                if not raw.endswith("\n"):  # the connection closed mid-line: drop the fragment
+                    break
+                line = raw.rstrip("\r\n")
+                done = line.startswith("data:") and line[5:].strip() == "[DONE]"
+                out, chunk_usage = relay_line(line, self.model, strip_usage=self.strip_usage)
                 usage = chunk_usage or usage
-                if out is not None:
+                if done:
+                    yield b"data: [DONE]\n\n"
+                elif out is not None:
                     yield (out + "\n").encode()
-        except CALL_ERRORS as err:  # the upstream broke mid-stream: too late to fall back; say so and end
-            status = "stream_error"
-            self.metrics.upstream_errors.labels(model=model, kind="stream").inc()
-            event = error_body(
-                502, f"upstream {model} failed mid-stream ({type(err).__name__})", code="stream_error"
-            )
-            yield f"data: {json.dumps(event)}\n\n".encode()
+            if not done:
+                yield self._error(
+                    "stream_error",
+                    "stream",
+                    f"upstream {self.model} closed the stream before its end (no data: [DONE])",
+                )
+        except CALL_ERRORS as err:  # broke mid-stream or passed the deadline: too late to fall back
+            if loop.time() >= self.deadline:
+                limit = self.proxy.settings.upstream_attempt_timeout_s
+                yield self._error(
+                    "deadline_exceeded",
+                    "deadline",
+                    f"upstream {self.model} did not finish its stream within this router's deadline "
+                    f"({limit:g} s per attempt, {self.proxy.settings.request_timeout_s:g} s per request)",
+                )
+            else:
+                yield self._error(
+                    "stream_error",
+                    "stream",
+                    f"upstream {self.model} failed mid-stream ({type(err).__name__})",
+                )
         finally:
-            await resp.aclose()
-            self._account(
-                routed, model, usage, key, attempt.seconds + time.perf_counter() - t0, attempts, status
+            await self.resp.aclose()
+            self.proxy._account(
+                self.routed,
+                self.model,
+                usage,
+                self.key,
+                self.attempt.seconds + time.perf_counter() - t0,
+                self.attempts,
+                self.status,
             )

@@ -6,7 +6,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+# the largest cost weight a request may ask for: far past any useful trade-off (cost_scale normalises costs to
+# about 1), and small enough that cost_weight * cost / cost_scale cannot overflow to -inf for every model
+MAX_COST_WEIGHT = 1e6
+
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+CostWeight = Annotated[float, Field(ge=0, le=MAX_COST_WEIGHT, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -25,8 +30,9 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    cost_weight: NonNegative | None = Field(
-        None, description="quality - cost_weight * cost / cost_scale; default: the artifact's"
+    cost_weight: CostWeight | None = Field(
+        None,
+        description=f"quality - cost_weight * cost / cost_scale, in [0, {MAX_COST_WEIGHT:g}]; default: the artifact's",
     )
     candidates: list[ModelName] | None = Field(
         None, min_length=1, max_length=1024, description="choose only among these catalog models"
@@ -40,10 +46,15 @@ class Limits(BaseModel):
 
 
 class RouteRequest(Limits):
-    """``POST /v1/route``: ``prompt`` or ``messages`` (the last user message is routed), plus limits."""
+    """``POST /v1/route``: exactly one of ``prompt`` or ``messages`` (the last user message is routed), plus
+    limits. Strings must be valid Unicode and numbers finite (400 otherwise)."""
 
-    prompt: str | None = None
-    messages: list[Message] | None = Field(None, min_length=1)
+    prompt: str | None = Field(None, description="the text to route; give this or messages, not both")
+    messages: list[Message] | None = Field(
+        None,
+        min_length=1,
+        description="a chat; its last user message is routed; give this or prompt, not both",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> RouteRequest:
@@ -60,6 +71,9 @@ class RouteResponse(BaseModel):
     policy_version: str
     cost_weight: float
     estimates: dict[str, dict[str, float]]
+    durable: bool = Field(
+        description="the decision's log row was synced before this answer (feedback for it cannot be lost)"
+    )
 
 
 class ChatRequest(BaseModel):

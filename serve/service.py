@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from router_rl.serve.artifact import load_artifact
 from router_rl.serve.batching import MicroBatcher, Overloaded
-from router_rl.serve.decision_log import DecisionLog
+from router_rl.serve.decision_log import DecisionLog, LogFull
 from router_rl.serve.errors import APIError
 from router_rl.serve.metrics import Metrics
 from router_rl.serve.router import Decision, Router, explore
@@ -57,14 +58,24 @@ class Service:
 
     # ------------------------------------------------------------------ decisions
     def _batch(self, payloads: list[tuple[str, dict[str, Any]]]) -> list[Routed]:
+        """One micro-batch: the batch's own memory-cache lookups, one encoder pass for the misses, one head
+        pass for all. Hits and misses are counted from these lookups, not from the cache's shared counters,
+        which the event loop's inline decisions move while the batch runs."""
         router = self.router  # a reload swaps self.router; a batch uses one router throughout
-        memory = router.embedder.memory_cache
-        hits = memory.hits if memory is not None else 0
-        decisions, x = router.decide_requests([p for p, _ in payloads], [lim for _, lim in payloads])
-        if memory is not None:
-            new_hits = memory.hits - hits
-            self.metrics.embedding_cache.labels(result="hit").inc(new_hits)
-            self.metrics.embedding_cache.labels(result="miss").inc(len(payloads) - new_hits)
+        prompts, limits = [p for p, _ in payloads], [lim for _, lim in payloads]
+        if router.embedder.memory_cache is None:
+            decisions, x = router.decide_requests(prompts, limits)
+        else:
+            found = [router.embedder.cached(p) for p in prompts]
+            missed = [i for i, v in enumerate(found) if v is None]
+            if missed:
+                fresh = router.embed([prompts[i] for i in missed])
+                for i, v in zip(missed, fresh, strict=True):
+                    found[i] = v
+            x = np.stack(found).astype(np.float32, copy=False)  # type: ignore[arg-type]
+            decisions = router.decide_rows(x, limits)
+            self.metrics.embedding_cache.labels(result="hit").inc(len(prompts) - len(missed))
+            self.metrics.embedding_cache.labels(result="miss").inc(len(missed))
         return [Routed(d, x[i], router, payloads[i][1]) for i, d in enumerate(decisions)]
 
     def _cached(self, prompt: str, limits: dict[str, Any]) -> Routed | None:
@@ -99,9 +110,10 @@ class Service:
         self.metrics.decisions.labels(model=routed.decision.model).inc()
         return routed
 
-    def log_decision(self, routed: Routed, prompt: str, endpoint: str, api_key: str) -> None:
+    def log_decision(self, routed: Routed, prompt: str, endpoint: str, api_key: str) -> Future | None:
+        """Queue the decision's log row; the future resolves once it is committed and synced (None: no log)."""
         if self.decision_log is None:
-            return
+            return None
         d, router = routed.decision, routed.router
         art = router.artifact
         models = router.models
@@ -132,8 +144,27 @@ class Service:
             ),
             "api_key": api_key,
         }
-        if not self.decision_log.log_decision(row):
+        future = self.decision_log.log_decision(row)
+        if future.done() and future.exception() is not None:
             self.metrics.log_dropped.inc()
+        return future
+
+    async def logged(self, future: Future | None) -> bool:
+        """Whether the decision behind ``future`` is durable, waiting for its commit when decisions are durable
+        (``durable_decisions``). A row the log could not take or commit is an error then: the client must not
+        get a decision id that feedback cannot find (503, retry)."""
+        if future is None or not self.settings.durable_decisions:
+            return False
+        try:
+            await asyncio.wrap_future(future)
+        except LogFull as err:
+            raise APIError(503, str(err), code="overloaded", headers={"Retry-After": "1"}) from None
+        except Exception as err:  # sqlite3.Error from the writer's commit
+            log.error("decision log commit failed: %s", err)
+            raise APIError(
+                503, f"the decision could not be logged ({type(err).__name__}); retry", code="log_failed"
+            ) from None
+        return True
 
     # ------------------------------------------------------------------ reload
     async def reload(self, source: str | None = None) -> dict[str, str]:

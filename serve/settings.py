@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ class ServeSettings:
         60.0, "read timeout of an upstream call (time to headers / between chunks)"
     )
     upstream_connect_timeout_s: float = opt(5.0, "connect timeout of an upstream call")
+    upstream_attempt_timeout_s: float = opt(
+        300.0,
+        "total time one upstream attempt may take, connect to last byte (a stream included); past it a "
+        "non-streamed attempt falls back to the next model and a started stream ends with an error event",
+    )
+    request_timeout_s: float = opt(
+        600.0,
+        "total time of one request, body read to last byte, every attempt included; past it the answer is "
+        "504 (or an error event ends a started stream); the connection is closed when even that cannot be sent",
+    )
     upstream_max_connections: int = opt(256, "pooled connections to upstreams, all together")
     max_attempts: int = opt(3, "models tried per chat request: the choice, then the next best on failure")
     stream_usage: bool = opt(True, "ask upstreams for token usage in streams, so streamed spend is counted")
@@ -85,13 +96,25 @@ class ServeSettings:
         0.0, "epsilon-greedy exploration for logged data; 0 = the policy's greedy choice"
     )
     seed: int = opt(0, "seeds the exploration draws")
+    durable_decisions: bool = opt(
+        True,
+        "answer a decision only once its log row is committed and synced (group commit); off: rows are "
+        "queued and answers say x-router-decision-durable: false",
+    )
+    client_header_timeout_s: float = opt(
+        10.0, "a client must send a request's headers within this many seconds of starting it (else 408)"
+    )
+    client_body_timeout_s: float = opt(
+        30.0, "a client must send the whole request body within this time (408)"
+    )
+    keep_alive_timeout_s: float = opt(5.0, "idle keep-alive connections are closed after this many seconds")
+    docs: bool = opt(True, "serve /docs, /redoc and /openapi.json (without authentication)")
+    metrics_key_names: bool = opt(
+        True, "label spend in /metrics (which needs no key) with API key names; off: one 'all' label"
+    )
+    healthz_log_path: bool = opt(False, "show the decision log's file path in /healthz (which needs no key)")
     graceful_timeout_s: float = opt(30.0, "on SIGTERM, time given to in-flight requests before closing")
     log_level: str = opt("info", "uvicorn log level")
-
-    @property
-    def key_names(self) -> dict[str, str]:
-        """token -> name, for authentication."""
-        return {token: name for name, token in self.api_keys.items()}
 
     def resolved_torch_threads(self) -> int:
         """The torch thread count to use: the setting, or one core less than the machine has (the event
@@ -127,8 +150,17 @@ class ServeSettings:
 
         if not 0 <= self.port <= 65535:
             raise bad("port", "0..65535")
-        for name in ("upstream_timeout_s", "upstream_connect_timeout_s", "graceful_timeout_s"):
-            if not getattr(self, name) > 0:
+        for name in (
+            "upstream_timeout_s",
+            "upstream_connect_timeout_s",
+            "upstream_attempt_timeout_s",
+            "request_timeout_s",
+            "client_header_timeout_s",
+            "client_body_timeout_s",
+            "keep_alive_timeout_s",
+            "graceful_timeout_s",
+        ):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a number of seconds > 0")
         for name in (
             "upstream_max_connections",

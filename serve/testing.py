@@ -46,14 +46,21 @@ class ServerThread:
     """Serve an ASGI app with uvicorn on 127.0.0.1 in a background thread (real HTTP, real lifespan).
 
     Args:
-        app: the ASGI app.
+        app: the ASGI app; a router service app (``app.state.service``) runs with the uvicorn options
+            ``router-rl serve`` gives it (deadlines on request heads and keep-alive connections).
         port: 0 picks a free port.
         startup_timeout_s: how long to wait for the server to accept connections.
+        config: more uvicorn.Config options (they win).
     """
 
     def __init__(self, app: Any, *, port: int = 0, startup_timeout_s: float = 60.0, **config: Any) -> None:
         import uvicorn
 
+        from router_rl.serve.server import uvicorn_options
+
+        service = getattr(getattr(app, "state", None), "service", None)
+        if service is not None:
+            config = {**uvicorn_options(service.settings), **config}
         self.port = port or free_port()
         cfg = uvicorn.Config(
             app,

@@ -218,9 +218,10 @@ class UpstreamResponse:
         return json.loads(self.content or b"")
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        """The lines of a streamed body, without their line breaks."""
+        """The lines of a streamed body, each with its line break; the last one lacks it when the body ended
+        mid-line (the connection closed)."""
         async for raw in self._raw.content:
-            yield raw.decode("utf-8").rstrip("\r\n")
+            yield raw.decode("utf-8")
 
     async def aclose(self) -> None:
         self._raw.release()
@@ -242,12 +243,22 @@ def _failed(model: str, t0: float, err: BaseException) -> Attempt:
 
 
 async def call_json(
-    client: aiohttp.ClientSession, upstream: Upstream, body: dict[str, Any], model: str
+    client: aiohttp.ClientSession,
+    upstream: Upstream,
+    body: dict[str, Any],
+    model: str,
+    *,
+    deadline: float | None = None,
 ) -> tuple[Attempt, UpstreamResponse | None, dict[str, Any] | None]:
-    """A non-streaming chat completion: (attempt, response, parsed body when ok)."""
+    """A non-streaming chat completion: (attempt, response, parsed body when ok). ``deadline`` (event-loop
+    time) bounds the whole call, connect to last byte: an upstream that drips its answer slower than the
+    read timeout cannot hold it longer (a ``timeout`` attempt)."""
     t0 = time.perf_counter()
     try:
-        async with client.post(upstream.chat_url, json=body, headers=upstream.request_headers()) as raw:
+        async with (
+            asyncio.timeout_at(deadline),
+            client.post(upstream.chat_url, json=body, headers=upstream.request_headers()) as raw,
+        ):
             seconds = time.perf_counter() - t0  # to the response headers, as for streams
             resp = UpstreamResponse(raw, await raw.read())
     except CALL_ERRORS as err:
@@ -269,12 +280,19 @@ async def call_json(
 
 
 async def open_stream(
-    client: aiohttp.ClientSession, upstream: Upstream, body: dict[str, Any], model: str
+    client: aiohttp.ClientSession,
+    upstream: Upstream,
+    body: dict[str, Any],
+    model: str,
+    *,
+    deadline: float | None = None,
 ) -> tuple[Attempt, UpstreamResponse | None]:
-    """Start a streaming chat completion; on success the response is open (the caller closes it)."""
+    """Start a streaming chat completion, its response headers by ``deadline`` (event-loop time); on
+    success the response is open (the caller reads it under the same deadline, and closes it)."""
     t0 = time.perf_counter()
     try:
-        raw = await client.post(upstream.chat_url, json=body, headers=upstream.request_headers())
+        async with asyncio.timeout_at(deadline):
+            raw = await client.post(upstream.chat_url, json=body, headers=upstream.request_headers())
     except CALL_ERRORS as err:
         return _failed(model, t0, err), None
     seconds = time.perf_counter() - t0
@@ -284,7 +302,8 @@ async def open_stream(
     if kind != "ok":
         body_bytes = b""
         try:
-            body_bytes = await raw.read()
+            async with asyncio.timeout_at(deadline):
+                body_bytes = await raw.read()
         except CALL_ERRORS:
             pass
         finally:
