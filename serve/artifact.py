@@ -148,14 +148,16 @@ def write_linear_artifact(
     default_cost_weight: float = 0.0,
     latency_weight: float = 0.0,
     extra: dict[str, Any] | None = None,
+    extra_files: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Write a ``linear`` artifact from its head tensors (``theta_quality``, ``theta_cost``, ``theta_latency``,
     each (K, d + 1)); the writer twin of :func:`load_artifact`, used by ``router-rl export``, tests and tools.
 
     ``models``: the ordered catalog entries (``name``, ``usd_per_1m_input``, ``usd_per_1m_output``, optional
     latency priors); ``embedder``: ``id``, ``dim``, ``max_seq_length``; ``extra``: more manifest fields
-    (training run, dataset, ...), sealed with the rest. ``out_dir`` is created (it must not hold another
-    artifact's files: they would not be listed in the manifest).
+    (training run, dataset, ...), sealed with the rest; ``extra_files``: more files already written into
+    ``out_dir`` (a static encoder's table), listed with their sha256 and size. ``out_dir`` is created (it must
+    not hold another artifact's files: they would not be listed in the manifest).
     """
     from datetime import datetime, timezone
 
@@ -183,7 +185,7 @@ def write_linear_artifact(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    return write_manifest(out, manifest, [WEIGHTS])
+    return write_manifest(out, manifest, [WEIGHTS, *extra_files])
 
 
 def load_artifact(path: str | Path, *, device: str | None = "auto") -> Artifact:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from router_rl.embeddings import Embedder
+from router_rl.representation import Representation, RepresentationError
 from router_rl.serve.artifact import (
     Artifact,
     ArtifactError,
@@ -54,7 +55,9 @@ class Decision:
 
 
 class Router:
-    """An artifact plus the embedder it was trained with.
+    """An artifact plus the embedder it was trained with, reading prompts as training did: the manifest's
+    representation (learned affixes removed, the same token window) and, for a static encoder, the artifact's
+    own token table.
 
     Args:
         artifact: an :class:`Artifact` or the path of an artifact directory.
@@ -63,7 +66,7 @@ class Router:
         embedder: an already loaded :class:`Embedder` to reuse (a hot reload keeps the encoder in memory);
             it must be the artifact's encoder with the artifact's ``max_seq_length`` (or ``max_seq_length``).
         encoder_backend: ``torch``, ``onnx``, ``onnx-int8`` or ``auto`` (see :class:`Embedder`), when no
-            ``embedder`` is given.
+            ``embedder`` is given; a static encoder (read from the artifact) always runs on ``static``.
         max_seq_length: tokens the encoder reads per prompt; None: the artifact's.
         embedding_cache_size: prompts kept in the embedder's in-memory LRU (0: none).
         threads: CPU threads of an ONNX Runtime encoder (None: all cores).
@@ -82,19 +85,25 @@ class Router:
         threads: int | None = None,
     ):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact, device=device)
+        spec = encoder_spec(self.artifact)
         emb = self.artifact.manifest["embedder"]
         max_seq_length = int(max_seq_length or emb.get("max_seq_length", 256))
-        if embedder is not None and (
-            embedder.model_name != emb["id"] or embedder.max_seq_length != max_seq_length
-        ):
-            raise ArtifactError(
-                f"the artifact needs encoder {emb['id']!r} (max_seq_length {max_seq_length}), "
-                f"the given embedder is {embedder.model_name!r} (max_seq_length {embedder.max_seq_length})"
-            )
         self._checked_dim = False
-        if embedder is None:
-            embedder = Embedder(
-                emb["id"],
+        if embedder is not None:
+            length = None if spec.kind == "static" else max_seq_length
+            if (
+                embedder.model_name != emb["id"]
+                or embedder.kind != spec.kind
+                or embedder.max_seq_length != length
+            ):
+                raise ArtifactError(
+                    f"the artifact needs encoder {emb['id']!r} (max_seq_length {length}), "
+                    f"the given embedder is {embedder.model_name!r} (max_seq_length {embedder.max_seq_length})"
+                )
+            if embedder.representation.fingerprint != spec.representation.fingerprint:
+                embedder = embedder.with_representation(spec.representation)  # the model stays loaded
+        else:
+            embedder = spec.embedder(
                 backend=encoder_backend,
                 device=self.artifact.device,
                 max_seq_length=max_seq_length,
@@ -208,6 +217,79 @@ class Router:
         """One decision per prompt; ``limits``: cost_weight, latency_weight, candidates, max_cost_usd,
         latency_budget_s."""
         return self.decide_embedded(self.embed(prompts), **limits)
+
+
+@dataclass
+class EncoderSpec:
+    """The artifact's ``embedder`` block as the router applies it: the encoder, its kind, the representation
+    training used (affixes, window), and for a static encoder its token table, read from the artifact."""
+
+    id: str
+    kind: str
+    representation: Representation
+    static: Any = None  # a StaticEncoder, for kind "static"
+
+    def embedder(self, *, backend: str, max_seq_length: int, **options: Any) -> Embedder:
+        """A new :class:`Embedder` that encodes exactly as training did."""
+        if self.kind == "static":
+            if backend not in ("auto", "static", "torch"):
+                raise ArtifactError(
+                    f"encoder {self.id!r} is a static token lookup: it runs on encoder backend auto or static, "
+                    f"not {backend!r}"
+                )
+            return Embedder(
+                self.id, name=self.id, backend="static", static_encoder=self.static,
+                representation=self.representation, **options,
+            )  # fmt: skip
+        return Embedder(
+            self.id,
+            backend=backend,
+            max_seq_length=max_seq_length,
+            representation=self.representation,
+            **options,
+        )
+
+
+def encoder_spec(artifact: Artifact) -> EncoderSpec:
+    """Validate the artifact's encoder fields (``kind``, ``representation``, a static encoder's ``files``) and
+    read a static encoder's table from the artifact; one-line :class:`ArtifactError` when any is malformed.
+
+    The static files must be listed in the manifest's ``files`` (so the loader checked they lie inside the
+    directory); their bytes are read once here and checked against the recorded sha256 again before use."""
+    import hashlib
+
+    emb = artifact.manifest["embedder"]
+    where = artifact.path / "manifest.json"
+    kind = emb.get("kind", "transformer")
+    if kind not in ("transformer", "static"):
+        raise ArtifactError(f"{where}: embedder.kind is {kind!r}; expected transformer or static")
+    try:
+        representation = Representation.from_manifest(emb.get("representation"))
+    except RepresentationError as err:
+        raise ArtifactError(f"{where}: embedder.{err}") from None
+    if kind == "transformer":
+        return EncoderSpec(emb["id"], kind, representation)
+    files = emb.get("files")
+    if not isinstance(files, dict) or set(files) != {"weights", "tokenizer"}:
+        raise ArtifactError(f"{where}: a static embedder needs files {{weights, tokenizer}}, got {files!r}")
+    data = {}
+    for role, name in files.items():
+        entry = artifact.manifest["files"].get(name) if isinstance(name, str) else None
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{where}: embedder.files.{role} {name!r} is not one of the artifact's files")
+        blob = (artifact.path / name).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
+            raise ArtifactError(
+                f"{artifact.path / name}: sha256 does not match the manifest; the artifact was modified"
+            )
+        data[role] = blob
+    from router_rl.static_encoder import StaticEncoderError, from_bytes
+
+    try:
+        static = from_bytes(data["weights"], data["tokenizer"])
+    except StaticEncoderError as err:
+        raise ArtifactError(f"{where}: embedder.files: {err}") from None
+    return EncoderSpec(emb["id"], kind, representation, static)
 
 
 def _load_encoder(embedder: Embedder, artifact: Artifact) -> bool:

@@ -350,3 +350,97 @@ def test_repeated_identical_prompts_do_not_trigger_the_warning(tmp_path: Path, c
     with warnings.catch_warnings():
         warnings.simplefilter("error", EmbeddingWarning)
         _prepare(data)
+
+
+# ------------------------------------------------------------------------------------------ serving
+def _artifact(tmp_path: Path, embedder: Embedder, dim: int, name: str = "artifact") -> Path:
+    from router_rl.serve.artifact import write_linear_artifact
+
+    rng = np.random.default_rng(0)
+    models = [
+        {"name": "small", "usd_per_1m_input": 0.1, "usd_per_1m_output": 0.2},
+        {"name": "large", "usd_per_1m_input": 1.0, "usd_per_1m_output": 2.0},
+    ]
+    tensors = {k: rng.normal(size=(2, dim + 1)) for k in ("theta_quality", "theta_cost", "theta_latency")}
+    block = embedder.manifest(dim)
+    return write_linear_artifact(
+        tmp_path / name, models=models, tensors=tensors, embedder=block, cost_scale=1.0
+    )
+
+
+def test_serving_applies_exactly_the_representation_training_recorded(tmp_path: Path) -> None:
+    from router_rl.serve.artifact import load_artifact
+    from router_rl.serve.router import Router
+
+    texts = [SYSTEM * 6 + q for q in QUESTIONS]
+    prefixes, _, record = learn_affixes(texts, min_prompts=5, min_chars=200)
+    rep = Representation(
+        prefixes=tuple(prefixes), window="head_tail", head_tokens=128, tail_tokens=126, learned=record
+    )
+    trained = Embedder(DEFAULT_ENCODER, device="cpu", representation=rep)
+    x = trained.encode(texts)
+    path = _artifact(tmp_path, trained, x.shape[1])
+    manifest = load_artifact(path).manifest
+    assert (
+        Representation.from_manifest(manifest["embedder"]["representation"]) == rep
+    )  # sealed in the manifest
+    router = Router(path, device="cpu")
+    np.testing.assert_allclose(router.embed(texts), x, atol=1e-6)
+    assert router.embedder.representation.fingerprint == rep.fingerprint
+    assert router.embedder.describe["representation"] == "head_tail 128+126, 1 prefix"
+    # an embedder handed over (a hot reload) keeps its model but reads prompts the artifact's way
+    plain = Embedder(DEFAULT_ENCODER, device="cpu", memory_cache_size=8)
+    plain.encode(texts)  # its memory cache holds the plain (collapsed) vectors: they must not leak
+    reused = Router(path, device="cpu", embedder=plain)
+    assert reused.embedder._model is plain._model and reused.embedder.memory_cache is not plain.memory_cache
+    np.testing.assert_allclose(reused.embed(texts), x, atol=1e-6)
+    decisions = router.decide(texts, cost_weight=0.1)
+    assert [d.model for d in decisions] == [d.model for d in reused.decide(texts, cost_weight=0.1)]
+
+
+def test_an_artifact_without_a_representation_serves_the_plain_text(tmp_path: Path) -> None:
+    """Artifacts exported before representations existed: no block, the text as given."""
+    from router_rl.serve.artifact import write_linear_artifact
+    from router_rl.serve.router import Router
+
+    block = {"id": DEFAULT_ENCODER, "dim": 384, "max_seq_length": 256}
+    rng = np.random.default_rng(0)
+    tensors = {k: rng.normal(size=(2, 385)) for k in ("theta_quality", "theta_cost", "theta_latency")}
+    models = [{"name": n, "usd_per_1m_input": 1.0, "usd_per_1m_output": 1.0} for n in ("a", "b")]
+    path = write_linear_artifact(
+        tmp_path / "old", models=models, tensors=tensors, embedder=block, cost_scale=1.0
+    )
+    router = Router(path, device="cpu")
+    assert router.embedder.representation.is_plain
+    assert router.embedder.encoder_id == f"{DEFAULT_ENCODER}|max_seq_length=256|normalized"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"representation": {"window": "bag"}}, "embedder.representation window 'bag' is unknown"),
+        ({"representation": {"window": "head", "prefixes": [7]}}, "embedder.representation.prefixes must be"),
+        ({"representation": "head"}, "embedder.representation must be an object"),
+        ({"kind": "lookup"}, "embedder.kind is 'lookup'; expected transformer or static"),
+        ({"kind": "static"}, r"a static embedder needs files \{weights, tokenizer\}"),
+        (
+            {"kind": "static", "files": {"weights": "w.bin", "tokenizer": "t.json"}},
+            "is not one of the artifact's files",
+        ),
+    ],
+)
+def test_a_malformed_embedder_block_is_refused_in_one_line(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    from router_rl.serve.artifact import ArtifactError, write_linear_artifact
+    from router_rl.serve.router import Router
+
+    block = {"id": DEFAULT_ENCODER, "dim": 384, "max_seq_length": 256, **change}
+    tensors = {k: np.zeros((2, 385)) for k in ("theta_quality", "theta_cost", "theta_latency")}
+    models = [{"name": n, "usd_per_1m_input": 1.0, "usd_per_1m_output": 1.0} for n in ("a", "b")]
+    path = write_linear_artifact(
+        tmp_path / "bad", models=models, tensors=tensors, embedder=block, cost_scale=1.0
+    )
+    with pytest.raises(ArtifactError, match=message) as info:
+        Router(path, device="cpu")
+    assert "\n" not in str(info.value)

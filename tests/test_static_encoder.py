@@ -1,0 +1,190 @@
+"""Static (token-lookup) encoders: any sentence-transformers StaticEmbedding model, the distilled one, and
+its artifact round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_rl.embeddings import DEFAULT_ENCODER, Embedder, resolve_encoder
+from router_rl.representation import Representation
+from router_rl.static_encoder import StaticEncoder, distill, is_static_model
+
+TEXTS = ["What is 2 + 2?", "Write a haiku about routers.", "Übersetze: le routeur 🙂", ""]
+
+
+def tiny_static_model(root: Path, dim: int = 16) -> Path:
+    """A sentence-transformers StaticEmbedding model: MiniLM's tokenizer and random token vectors."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(resolve_encoder(DEFAULT_ENCODER)) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    weights = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), dim)).astype(np.float32)
+    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights), Normalize()])
+    model.save(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def static_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_static_model(tmp_path_factory.mktemp("static-model"))
+
+
+def test_a_static_sentence_transformer_encodes_instead_of_crashing(static_model: Path) -> None:
+    """Was: AttributeError: property 'max_seq_length' of 'StaticEmbedding' object has no setter."""
+    assert is_static_model(static_model) and not is_static_model(resolve_encoder(DEFAULT_ENCODER))
+    torch_path = Embedder(str(static_model), backend="torch", device="cpu", max_seq_length=256)
+    x = torch_path.encode(TEXTS)
+    assert x.shape == (4, 16) and torch_path.kind == "static" and torch_path.max_seq_length is None
+    np.testing.assert_allclose(np.linalg.norm(x[:3], axis=1), 1.0, atol=1e-6)
+    assert not x[3].any()  # no tokens: the zero vector
+    numpy_path = Embedder(str(static_model), backend="auto", device="cpu")
+    assert numpy_path.backend == "static"
+    np.testing.assert_allclose(numpy_path.encode(TEXTS), x, atol=1e-6)
+    # a static model reads every token: prompts that differ only after token 256 differ
+    long = ["route " * 600 + "the end", "route " * 600 + "a different end"]
+    for embedder in (torch_path, numpy_path):
+        y = embedder.encode(long)
+        assert not np.allclose(y[0], y[1])
+
+
+def test_a_static_model_through_the_st_config(static_model: Path, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from router_rl.training import make_embedder
+
+    with initialize_config_module(config_module="router_rl.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["embedder=st", f"embedder.model={static_model}"])
+    embedder = make_embedder(cfg.embedder, show_progress=False)
+    assert embedder.encode(TEXTS[:2]).shape == (2, 16)
+
+
+@pytest.mark.parametrize(("backend", "message"), [("onnx", "cannot run a static model")])
+def test_a_static_model_refuses_the_onnx_backends(static_model: Path, backend: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Embedder(str(static_model), backend=backend, device="cpu")
+
+
+def test_static_numpy_encoder_matches_an_embedding_bag_mean(static_model: Path) -> None:
+    enc = StaticEncoder.load(static_model)
+    ids = enc.token_ids(TEXTS[:2])
+    want = np.stack([enc.vectors[i].mean(axis=0) for i in ids])
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(enc.encode(TEXTS[:2]), want, atol=1e-6)
+    # blocks of pieces split anywhere give the same sums
+    pieces = [[1, 2, 3], [], [4], list(range(5, 40))]
+    np.testing.assert_allclose(enc.sums(pieces, block_tokens=4), enc.sums(pieces), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ distillation
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cache = tmp_path_factory.mktemp("static-cache")
+    path, encoder_id = distill(DEFAULT_ENCODER, dim=32, max_vocab=1400, cache_dir=cache, device="cpu")
+    return {"cache": cache, "path": path, "id": encoder_id}
+
+
+def test_distillation_builds_a_sentence_transformers_model_once(distilled: dict, monkeypatch) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    import router_rl.static_encoder as static_encoder
+
+    path = distilled["path"]
+    sidecar = json.loads((path / "router_rl_static.json").read_text())
+    assert sidecar["settings"]["dim"] == 32 and sidecar["id"] == distilled["id"]
+    assert distilled["id"].startswith(f"static-{DEFAULT_ENCODER}-d32-")
+    enc = StaticEncoder.load(path)
+    assert enc.vectors.shape[1] == 32
+    assert np.array_equal(enc.vectors.astype(np.float16).astype(np.float32), enc.vectors)  # float16-exact
+    assert enc.vectors[1996].any() and not enc.vectors[5000:].any()  # "the" distilled; rare tokens: zero
+    st = SentenceTransformer(str(path), device="cpu")  # a regular sentence-transformers model
+    texts = ["the of and", "in to was"]  # frequent words: inside the distilled 1,400 tokens
+    np.testing.assert_allclose(st.encode(texts, normalize_embeddings=True), enc.encode(texts), atol=1e-6)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the source model ran again")
+
+    monkeypatch.setattr(static_encoder, "token_vectors", no_rebuild)
+    again = distill(DEFAULT_ENCODER, dim=32, max_vocab=1400, cache_dir=distilled["cache"], device="cpu")
+    assert again == (path, distilled["id"])  # cached
+    # new settings: a new model and id, from the source's cached token vectors (no forward pass)
+    other, other_id = distill(
+        DEFAULT_ENCODER, dim=16, max_vocab=1400, cache_dir=distilled["cache"], device="cpu"
+    )
+    assert other != path and other_id != distilled["id"] and StaticEncoder.load(other).dim == 16
+
+
+def test_distilled_token_vectors_keep_meaning(distilled: dict) -> None:
+    """Words close in MiniLM's space stay closer than unrelated ones."""
+    enc = StaticEncoder.load(distilled["path"])
+    x = enc.encode(["he", "she", "and"])
+    assert float(x[0] @ x[1]) > float(x[0] @ x[2])
+
+
+def test_static_artifact_carries_its_encoder_and_serves_what_training_encoded(
+    distilled: dict, tmp_path: Path
+) -> None:
+    from router_rl.export import export_artifact
+    from router_rl.policies.linucb import LinUCB
+    from router_rl.serve.artifact import ArtifactError, load_artifact
+    from router_rl.serve.router import Router
+
+    rep = Representation(prefixes=("You are a helpful assistant. Answer briefly. ",))
+    trained = Embedder(str(distilled["path"]), name=distilled["id"], backend="static", representation=rep)
+    texts = [rep.prefixes[0] + t for t in ("the of and", "in to was", "he she it", "is for on")]
+    x = trained.encode(texts)
+    policy = LinUCB(models=["small", "large"], dim=x.shape[1])
+    rng = np.random.default_rng(0)
+    policy.update(
+        x, rng.integers(0, 2, len(x)), rng.uniform(size=len(x)), rng.uniform(size=len(x)), np.zeros(len(x))
+    )
+    models = [
+        {"name": "small", "usd_per_1m_input": 0.1, "usd_per_1m_output": 0.2},
+        {"name": "large", "usd_per_1m_input": 1.0, "usd_per_1m_output": 2.0},
+    ]
+    context = {"catalog_models": models, "embedder": trained.manifest(x.shape[1]), "cost_scale": 1.0,
+               "cost_weight": 0.1, "latency_weight": 0.0}  # fmt: skip
+    out = export_artifact(policy, context, tmp_path / "artifact")
+    manifest = load_artifact(out).manifest
+    block = manifest["embedder"]
+    assert "location" not in block and block["kind"] == "static" and "max_seq_length" not in block
+    assert set(block["files"].values()) <= set(manifest["files"])  # sealed and hashed with the rest
+    router = Router(out, device="cpu", encoder_backend="auto")
+    assert router.embedder.backend == "static" and router.embedder.model_name == distilled["id"]
+    np.testing.assert_array_equal(router.embed(texts), x)  # the very same vectors
+    with pytest.raises(ArtifactError, match="static token lookup: it runs on encoder backend auto or static"):
+        Router(out, device="cpu", encoder_backend="onnx")
+    weights = out / block["files"]["weights"]
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 3] ^= 0xFF  # one token's vector changed
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="does not match"):
+        Router(out, device="cpu")
+
+
+def test_embedder_static_config_distils_and_trains(tmp_path: Path, monkeypatch) -> None:
+    from hydra import compose, initialize_config_module
+
+    from router_rl.training import make_embedder
+
+    overrides = [
+        "embedder=static",
+        "embedder.distill.max_vocab=1100",
+        "embedder.distill.dim=8",
+        f"embedder.cache_dir={tmp_path}",
+    ]
+    with initialize_config_module(config_module="router_rl.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    embedder = make_embedder(cfg.embedder, show_progress=False)
+    assert (
+        embedder.kind == "static"
+        and embedder.backend == "static"
+        and embedder.model_name.startswith("static-")
+    )
+    assert embedder.encode(["the of and"]).shape == (1, 8)
+    assert (tmp_path / "static").is_dir()
