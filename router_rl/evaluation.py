@@ -72,8 +72,7 @@ def build_report(
         c = np.array([p["cost_usd"] for p in entry["points"]])
         q = np.array([p["quality"] for p in entry["points"]])
         entry["aiq"] = metrics.aiq(c, q, max_cost=max_cost)
-        entry["cost_fraction_at_95"] = metrics.headline_cost_fraction(c, q, single_costs, single_quals, 0.95)
-        entry["cost_fraction_at_97"] = metrics.headline_cost_fraction(c, q, single_costs, single_quals, 0.97)
+        entry.update(headline_costs(entry["points"], single_costs, single_quals))
     report: dict[str, Any] = {
         "dataset": data.name,
         "split": split,
@@ -103,6 +102,130 @@ def build_report(
     if extra:
         report.update(extra)
     return report
+
+
+HEADLINE_FRACTIONS = (95, 97)
+"""The headline's quality targets, in percent of the best single model's quality."""
+
+
+def headline_costs(
+    points: list[dict[str, float]], single_costs: np.ndarray, single_quals: np.ndarray
+) -> dict[str, float]:
+    """The headline cost shares of one router's points, at 95% and 97% of the best single model's quality.
+
+    ``cost_fraction_at_X``: at a cost weight that ran (the cheapest point reaching the target, as a share of
+    the best single model's cost; :func:`router_rl.metrics.achievable_cost_fraction`) and ``cost_weight_at_X``
+    that weight (None when never reached); ``cost_fraction_at_X_hull``: on the router's hull, by mixing two
+    cost weights at random (:func:`router_rl.metrics.headline_cost_fraction`), never above the former.
+    """
+    c = np.array([p["cost_usd"] for p in points])
+    q = np.array([p["quality"] for p in points])
+    out: dict[str, float] = {}
+    for pct in HEADLINE_FRACTIONS:
+        frac, j = metrics.achievable_cost_fraction(c, q, single_costs, single_quals, pct / 100)
+        out[f"cost_fraction_at_{pct}"] = frac
+        out[f"cost_weight_at_{pct}"] = float(points[j]["cost_weight"]) if j >= 0 else float("nan")
+        out[f"cost_fraction_at_{pct}_hull"] = metrics.headline_cost_fraction(
+            c, q, single_costs, single_quals, pct / 100
+        )
+    return out
+
+
+def prompt_outcomes(
+    probs_by_weight: dict[float, np.ndarray], quality: np.ndarray, cost_usd: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W, N) expected quality and (W, N) expected cost per prompt of one router, weights in sorted order:
+    ``sum_k p_ik q_ik`` for the (N, K) probabilities at each cost weight (the per-prompt terms of
+    :func:`frontier`'s means, which the paired bootstrap resamples)."""
+    weights = sorted(probs_by_weight)
+    p = np.stack([np.asarray(probs_by_weight[w], dtype=np.float64) for w in weights])  # (W, N, K)
+    return (p * np.nan_to_num(quality)).sum(axis=2), (p * np.nan_to_num(cost_usd)).sum(axis=2)
+
+
+def paired_comparisons(
+    per_seed: list[dict[str, dict[float, np.ndarray]]],
+    reference: str,
+    quality: np.ndarray,
+    cost_usd: np.ndarray,
+    *,
+    max_cost: float,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired bootstrap intervals over prompts of ``reference``'s AIQ minus every other router's.
+
+    Args:
+        per_seed: per seed, router -> cost weight -> (N, K) probabilities on the same N prompts (a router
+            missing from a seed, or identical in every seed, counts once).
+        reference: the router compared with all others (the run's main policy).
+        quality, cost_usd: (N, K) outcomes of those prompts.
+        max_cost: the report's AIQ right end.
+    Returns:
+        ``{"reference", "level", "n_boot", "rivals": {name: paired_bootstrap_aiq(...)}}``; a rival whose
+        interval lies above zero is beaten with that confidence.
+    """
+
+    def stacked(name: str) -> tuple[np.ndarray, np.ndarray]:
+        runs = [seed_probs[name] for seed_probs in per_seed if name in seed_probs]
+        first = runs[0]
+        if all(all(np.array_equal(r[w], first[w]) for w in first) for r in runs[1:]):
+            runs = runs[:1]  # deterministic across seeds (a fitted yardstick, an artifact)
+        outs = [prompt_outcomes(r, quality, cost_usd) for r in runs]
+        return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs])
+
+    names = list(dict.fromkeys(n for seed_probs in per_seed for n in seed_probs))
+    if reference not in names:
+        raise ValueError(f"reference router {reference!r} is not among {names}")
+    qa, ca = stacked(reference)
+    rivals = {}
+    for name in names:
+        if name == reference:
+            continue
+        qb, cb = stacked(name)
+        rivals[name] = metrics.paired_bootstrap_aiq(
+            qa, ca, qb, cb, max_cost=max_cost, n_boot=n_boot, level=level, seed=seed
+        )
+    return {"reference": reference, "level": level, "n_boot": n_boot, "rivals": rivals}
+
+
+def task_mean_probs(
+    tasks: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    plan: list[tuple[np.ndarray, np.ndarray]],
+    weights: list[float],
+) -> dict[float, np.ndarray]:
+    """The per-task mean table (a yardstick where the data has a task column): per fold, every model's mean
+    quality and cost per task on the training rows; a test prompt goes to ``argmax_k q_tk - w c_tk`` of its
+    task t (the model means when its task has no training prompt). Ties split evenly.
+
+    Args:
+        tasks: (N,) task label per prompt. quality, cost: (N, K) outcomes (cost in the unit the cost weight
+            multiplies: cost_usd / cost_scale). plan: ``[(train_rows, test_rows)]`` per fold.
+    Returns:
+        cost weight -> (N_test, K) probabilities, test rows in the plan's order (concatenated folds).
+    """
+    from router_rl.policies.base import greedy_probs
+
+    tasks = np.asarray(tasks).astype(str)
+    q_hat, c_hat = [], []
+    for train, test in plan:
+        codes, inverse = np.unique(tasks[train], return_inverse=True)
+        counts = np.bincount(inverse, minlength=len(codes))[:, None]
+        q_t = np.zeros((len(codes), quality.shape[1]))
+        c_t = np.zeros_like(q_t)
+        np.add.at(q_t, inverse, quality[train])
+        np.add.at(c_t, inverse, cost[train])
+        q_t, c_t = q_t / counts, c_t / counts
+        where = np.searchsorted(codes, tasks[test])
+        known = (where < len(codes)) & (codes[np.minimum(where, len(codes) - 1)] == tasks[test])
+        fold_q = np.where(known[:, None], q_t[np.minimum(where, len(codes) - 1)], quality[train].mean(axis=0))
+        fold_c = np.where(known[:, None], c_t[np.minimum(where, len(codes) - 1)], cost[train].mean(axis=0))
+        q_hat.append(fold_q)
+        c_hat.append(fold_c)
+    q_all, c_all = np.concatenate(q_hat), np.concatenate(c_hat)
+    return {float(w): greedy_probs(q_all - w * c_all) for w in weights}
 
 
 def two_model_report(
@@ -161,9 +284,10 @@ def _aggregate_two_model(parts: list[dict[str, Any]], spread: Callable[..., None
     out = dict(parts[0])
     out["routers"] = {}
     for name, first in parts[0]["routers"].items():
-        entry = {"points": first["points"]}
-        for key in ("apgr", "cpt50", "cpt80"):
-            spread(entry, key, [p["routers"][name][key] for p in parts])
+        entry = {"points": first["points"], "points_per_seed": [p["routers"][name]["points"] for p in parts]}
+        for key in ("apgr", "cpt50", "cpt80", "share_min", "share_max"):
+            if key in first:
+                spread(entry, key, [p["routers"][name][key] for p in parts])
         out["routers"][name] = entry
     if "by_group" in parts[0]:
         out["by_group"] = {
@@ -175,9 +299,10 @@ def _aggregate_two_model(parts: list[dict[str, Any]], spread: Callable[..., None
 def aggregate_reports(reports: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """One report from per-seed reports of the same routers on the same prompts.
 
-    Points are averaged per cost weight (the point of the seed-mixture router); AIQ, headline cost fractions
-    and the two-model figures are averaged over seeds with their standard deviation (``<key>_std``) and
-    per-seed values (``<key>_per_seed``). With one seed the report is returned as is, with ``seeds``.
+    Points are averaged per cost weight (the point of the seed-mixture router) and kept per seed
+    (``points_per_seed``, so every figure can be recomputed); AIQ, headline cost fractions and the two-model
+    figures are averaged over seeds with their standard deviation (``<key>_std``) and per-seed values
+    (``<key>_per_seed``). With one seed the report is returned as is, with ``seeds``.
     """
     base = dict(reports[0])
     base["seeds"] = list(seeds)
@@ -204,8 +329,11 @@ def aggregate_reports(reports: list[dict[str, Any]], seeds: list[int]) -> dict[s
                 for pts in zip(*(run["points"] for run in runs), strict=True)
             ]
         }
-        for key in ("aiq", "cost_fraction_at_95", "cost_fraction_at_97"):
+        entry["points_per_seed"] = [run["points"] for run in runs]  # every seed's points: figures recompute
+        for key in ("aiq", *(k for k in runs[0] if k.startswith("cost_fraction_at_"))):
             spread(entry, key, [run[key] for run in runs])
+        for key in (k for k in runs[0] if k.startswith("cost_weight_at_")):
+            entry[f"{key}_per_seed"] = [run[key] for run in runs]
         policies[name] = entry
     base["policies"] = policies
     if "two_model" in base:
@@ -235,12 +363,13 @@ def summary_table(report: dict[str, Any]) -> str:
     best_c = report["models"][best]["cost_usd"]
     lines = [
         f"{report['dataset']} | {report['split']} split | {report['scheme']} | {report['n_prompts']} prompts",
-        f"{'router':<26}{'AIQ':>8}{'cost@95%':>10}{'cost@97%':>10}   best point at w<=0.2",
+        f"{'router':<26}{'AIQ':>8}{'cost@95%':>10}{'cost@97%':>10}{'hull@97%':>10}   best point at w<=0.2",
     ]
 
-    def frac(v: float) -> str:
-        return f"{100 * v:7.1f}%" if np.isfinite(v) else "   never"
+    def frac(v: float | None) -> str:
+        return f"{100 * v:7.1f}%" if v is not None and np.isfinite(v) else "   never"
 
+    comparisons = report.get("comparisons", {}).get("rivals", {})
     for name, entry in report["policies"].items():
         near = [p for p in entry["points"] if p["cost_weight"] <= 0.2] or entry["points"][:1]
         top = max(near, key=lambda p: p["quality"])
@@ -249,19 +378,30 @@ def summary_table(report: dict[str, Any]) -> str:
             if "aiq_std" in entry
             else ""
         )
+        vs = comparisons.get(name)
+        ci = f"   ref-this [{vs['low']:+.4f}, {vs['high']:+.4f}]" if vs else ""
         lines.append(
-            f"{name:<26}{entry['aiq']:8.4f}{frac(entry['cost_fraction_at_95']):>10}{frac(entry['cost_fraction_at_97']):>10}"
-            f"   q={top['quality']:.3f} ${top['cost_usd']:.5f} (w={top['cost_weight']:g}){std}"
+            f"{name:<26}{entry['aiq']:8.4f}{frac(entry['cost_fraction_at_95']):>10}"
+            f"{frac(entry['cost_fraction_at_97']):>10}{frac(entry.get('cost_fraction_at_97_hull')):>10}"
+            f"   q={top['quality']:.3f} ${top['cost_usd']:.5f} (w={top['cost_weight']:g}){std}{ci}"
         )
     lines.append(f"{'zero router (hull)':<26}{report['zero_router']['aiq']:8.4f}")
-    lines.append(f"{'best single: ' + best:<26}{'':8}{'':10}{'':10}   q={best_q:.3f} ${best_c:.5f}")
+    lines.append(f"{'best single: ' + best:<26}{'':8}{'':10}{'':10}{'':10}   q={best_q:.3f} ${best_c:.5f}")
     o = report["oracle"]
-    lines.append(f"{'oracle':<26}{'':8}{'':10}{'':10}   q={o['quality']:.3f} ${o['cost_usd']:.5f}")
-    lines.append("cost@X%: least cost reaching X% of the best single model's quality, as a share of its cost")
+    lines.append(f"{'oracle':<26}{'':8}{'':10}{'':10}{'':10}   q={o['quality']:.3f} ${o['cost_usd']:.5f}")
+    lines.append(
+        "cost@X%: least cost at a cost weight that ran reaching X% of the best single model's quality, as a "
+        "share of its cost; hull@X%: the same on the hull (mixing two weights)"
+    )
+    if comparisons:
+        ref, level = report["comparisons"]["reference"], report["comparisons"]["level"]
+        lines.append(
+            f"ref-this: {100 * level:g}% paired bootstrap interval over prompts of AIQ({ref}) - AIQ(this)"
+        )
     two = report.get("two_model", {}).get("routers", {})
     for name, entry in two.items():
         lines.append(
             f"{name:<26}APGR {entry['apgr']:.3f}   CPT(50%) {100 * entry['cpt50']:5.1f}%   "
-            f"CPT(80%) {100 * entry['cpt80']:5.1f}% strong-model calls"
+            f"CPT(80%) {100 * entry['cpt80']:5.1f}% strong-model calls (RouteLLM's definitions)"
         )
     return "\n".join(lines)

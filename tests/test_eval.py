@@ -69,3 +69,65 @@ def test_aggregate_reports_means_and_spreads() -> None:
     text = to_json(out)
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text)["policies"]["p"]["cost_fraction_at_97"] is None
+
+
+def test_aggregate_reports_keep_every_seeds_points() -> None:
+    def report(q: float) -> dict:
+        pts = [{"cost_weight": 0.0, "quality": q, "cost_usd": 1.0}]
+        entry = {"points": pts, "aiq": q, "cost_fraction_at_95": 0.5, "cost_fraction_at_95_hull": 0.4,
+                 "cost_weight_at_95": 0.0}  # fmt: skip
+        return {"policies": {"p": entry}, "dataset": "d"}
+
+    p = aggregate_reports([report(0.6), report(0.8)], [0, 1])["policies"]["p"]
+    assert [pts[0]["quality"] for pts in p["points_per_seed"]] == [0.6, 0.8]
+    assert p["cost_fraction_at_95_hull_per_seed"] == [0.4, 0.4] and p["cost_weight_at_95_per_seed"] == [
+        0.0,
+        0.0,
+    ]
+
+
+def test_headline_costs_at_a_weight_that_ran_and_on_the_hull() -> None:
+    from router_rl.evaluation import headline_costs
+
+    points = [
+        {"cost_weight": 1.0, "quality": 0.5, "cost_usd": 1.0},
+        {"cost_weight": 0.1, "quality": 0.9, "cost_usd": 2.0},
+        {"cost_weight": 0.0, "quality": 0.97, "cost_usd": 3.0},
+    ]
+    out = headline_costs(points, np.array([1.0, 4.0]), np.array([0.5, 1.0]))
+    assert (out["cost_fraction_at_95"], out["cost_weight_at_95"]) == (0.75, 0.0)
+    assert out["cost_fraction_at_95_hull"] == pytest.approx((2 + 0.05 / 0.07) / 4)
+    assert out["cost_fraction_at_97"] == 0.75 and out["cost_fraction_at_97_hull"] == 0.75
+
+
+def test_task_mean_table_by_hand() -> None:
+    from router_rl.evaluation import task_mean_probs
+
+    tasks = np.array(["a", "a", "b", "b", "a", "b", "c"])
+    quality = np.array([[0.9, 0.2], [0.7, 0.4], [0.1, 0.8], [0.3, 0.6], [0, 0], [0, 0], [0, 0]], float)
+    cost = np.tile([1.0, 0.1], (7, 1))
+    plan = [(np.arange(4), np.arange(4, 7))]  # train on 0-3; test a, b and an unseen task c
+    out = task_mean_probs(tasks, quality, cost, plan, [0.0, 0.5])
+    # w = 0: a -> model 0 (0.8 vs 0.3), b -> model 1 (0.2 vs 0.7), c -> the overall means 0.5 vs 0.5: a tie
+    np.testing.assert_allclose(out[0.0], [[1, 0], [0, 1], [0.5, 0.5]])
+    # w = 0.5: a: 0.8 - 0.5 = 0.3 vs 0.3 - 0.05 = 0.25 -> model 0; c: 0.5 - 0.5 < 0.5 - 0.05 -> model 1
+    np.testing.assert_allclose(out[0.5], [[1, 0], [0, 1], [0, 1]])
+
+
+def test_paired_comparisons_against_every_rival() -> None:
+    from router_rl.evaluation import paired_comparisons
+
+    rng = np.random.default_rng(0)
+    n = 200
+    quality = np.stack([rng.uniform(0.0, 0.6, n), rng.uniform(0.4, 1.0, n)], 1)  # model 1 better
+    cost = np.tile([0.1, 1.0], (n, 1))
+    best = (quality[:, 1] - quality[:, 0] > 0.3).astype(int)
+    oracle_like = {w: np.eye(2)[best if w < 1 else np.zeros(n, int)] for w in (0.0, 1.0)}
+    cheap = {w: np.tile([1.0, 0.0], (n, 1)) for w in (0.0, 1.0)}
+    per_seed = [{"ref": oracle_like, "cheap": cheap}, {"ref": oracle_like, "cheap": cheap}]
+    out = paired_comparisons(per_seed, "ref", quality, cost, max_cost=1.0, n_boot=200)
+    assert out["reference"] == "ref" and set(out["rivals"]) == {"cheap"}
+    vs = out["rivals"]["cheap"]
+    assert vs["low"] > 0 and vs["diff"] > 0
+    with pytest.raises(ValueError, match="reference router 'nope'"):
+        paired_comparisons(per_seed, "nope", quality, cost, max_cost=1.0)
