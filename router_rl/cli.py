@@ -107,12 +107,18 @@ def _route(args: Sequence[str]) -> int:
         "--max-cost-usd", type=float, default=None, help="exclude models predicted to cost more"
     )
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument(
+        "--encoder-backend",
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="auto: ONNX Runtime on CPU (exported once, the vectors of torch to 1e-6), torch on cuda",
+    )
     parser.add_argument("--json", action="store_true", help="print the full decision as JSON")
     opts = parser.parse_args(args)
     from router_rl.serve.router import Router
 
     try:
-        router = Router(opts.artifact, device=opts.device)
+        router = Router(opts.artifact, device=opts.device, encoder_backend=opts.encoder_backend)
         decision = router.decide(
             [opts.prompt],
             cost_weight=opts.cost_weight,
@@ -121,11 +127,16 @@ def _route(args: Sequence[str]) -> int:
         )[0]
     except (*_user_errors(), ValueError) as err:
         return _fail(err)
+    # the trade-off decided at, as POST /v1/route answers it
+    cost_weight = opts.cost_weight
+    if cost_weight is None:
+        cost_weight = float(router.artifact.manifest.get("default_cost_weight", 0.0))
     if opts.json:
-        print(json.dumps(decision.to_dict(), indent=2))
+        print(json.dumps({**decision.to_dict(), "cost_weight": cost_weight}, indent=2))
         return 0
     print(
-        f"model: {decision.model}   (policy {decision.policy_version}, propensity {decision.propensity:.2f})"
+        f"model: {decision.model}   (policy {decision.policy_version}, propensity {decision.propensity:.2f}, "
+        f"cost weight {cost_weight:g})"
     )
     ranked = sorted(decision.scores.items(), key=lambda kv: -float("inf") if kv[1] is None else -kv[1])
     print(f"{'model':<40}{'score':>9}{'quality':>9}{'cost_usd':>11}")
@@ -187,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     warnings.formatwarning = _format_warning
+    from router_rl.progress import quiet_library_bars
+
+    quiet_library_bars()  # before the libraries that draw bars are imported
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -25,6 +25,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -228,6 +229,7 @@ def ensure_export(model_name: str, resolved: str, cache_dir: str | Path, *, int8
     """The cache directory of ``model_name``'s ONNX export, exporting (and quantising) on first use."""
     root = export_dir(model_name, resolved, cache_dir)
     if not (root / "model.onnx").is_file() or not (root / "encoder.json").is_file():
+        print(f"[router-rl] exporting {model_name} to ONNX once (about a minute): {root}", file=sys.stderr)
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root.parent))
         try:

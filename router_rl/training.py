@@ -325,6 +325,8 @@ class Setup:
 
 def prepare(cfg: DictConfig) -> Setup:
     """Load and embed the data, fix the evaluation plan, the cost scale and the cost-weight sweep."""
+    from router_rl.progress import interactive
+
     data = load_data(cfg.data)
     weights = [float(w) for w in cfg.evaluation.cost_weights]
     if data.n_models == 2:  # RouteLLM's curves need the whole range of strong-call shares
@@ -334,7 +336,7 @@ def prepare(cfg: DictConfig) -> Setup:
     prompts = list(data.prompts)
     # affixes come from the prompts the exported policy trains on (unlabelled text: all of them under k-fold)
     representation = fit_representation(cfg.embedder, [prompts[i] for i in final_rows])
-    embedder = make_embedder(cfg.embedder, representation=representation)
+    embedder = make_embedder(cfg.embedder, representation=representation, show_progress=interactive())
     print(
         f"[router-rl] embedding {data.n_prompts} prompts with {embedder.model_name} on {embedder.device} "
         f"({representation.describe()})"
@@ -505,6 +507,7 @@ def run_comparison(
     from threadpoolctl import threadpool_limits
 
     from router_rl.plotting import plot_frontier, plot_learning_curves
+    from router_rl.progress import progress
 
     t_start = time.perf_counter()
     out_dir = Path(output_dir)
@@ -544,7 +547,7 @@ def run_comparison(
                 max_cost=max_cost,
             )
 
-        with tqdm(total=n_fits * bandit_steps, desc=command, unit="step", dynamic_ncols=True) as bar:
+        with progress(n_fits * bandit_steps, command, unit="step") as bar:  # a bar, or a few lines in a log
             for seed in seeds:
                 probs, stats, last = cross_fit(
                     setup, learners, cfg=cfg, seed=seed, bar=bar, tracker=tracker,

@@ -86,6 +86,14 @@ def test_route_command_prints_the_decision(debug_run: dict) -> None:
     assert proc.returncode == 0, proc.stderr
     decision = json.loads(proc.stdout)
     assert decision["model"] in decision["scores"] and decision["propensity"] == 1.0
+    manifest = json.loads((debug_run["out"] / "artifact" / "manifest.json").read_text())
+    assert decision["cost_weight"] == manifest["default_cost_weight"]  # as POST /v1/route answers
+    assert "Loading weights" not in proc.stderr and "\r" not in proc.stderr  # no library progress bars
+    proc = run_cli(
+        ["route", str(debug_run["out"] / "artifact"), "hi", "--cost-weight", "2", "--json"],
+        cwd=debug_run["cwd"],
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout)["cost_weight"] == 2.0
     proc = run_cli(
         ["route", str(debug_run["out"] / "artifact"), "hi", "--candidates", "claude-1", "llama-13b"],
         cwd=debug_run["cwd"],
