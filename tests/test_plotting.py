@@ -7,9 +7,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from router_rl.plotting import plot_frontier, short_label
+from router_rl.plotting import draw_frontier, frontier_title, place_labels, plot_frontier, short_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -66,7 +67,7 @@ def test_plot_frontier_writes_png(tmp_path: Path) -> None:
     assert out == tmp_path / "nested" / "pareto.png"
     _assert_png(out)
     img = mpimg.imread(out)
-    assert img.shape[:2] == (660, 1020)  # figsize (8.5, 5.5) at dpi 120
+    assert img.shape[:2] == (720, 1320)  # figsize (11, 6) at dpi 120: the legend beside the plot
     assert img[..., :3].std() > 0.05  # not blank
 
 
@@ -102,3 +103,71 @@ def test_short_label() -> None:
 def test_import_is_cheap() -> None:
     code = "import sys, router_rl.plotting; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _zoo_report(n_models: int, n_policies: int) -> dict:
+    """A crowded comparison: models near each other on both axes, ``n_policies`` routers."""
+    rng = np.random.default_rng(0)
+    report = _report()
+    report["models"] = {
+        f"vendor/model-{i:02d}": {"cost_usd": float(10 ** rng.uniform(-4, -1.5)), "quality": float(q)}
+        for i, q in enumerate(rng.uniform(0.5, 0.9, size=n_models))
+    }
+    line = report["policies"]["linucb"]
+    report["policies"] = {f"router_{j}": line for j in range(n_policies - 1)} | {"zero_router": line}
+    return report
+
+
+def _label_boxes(fig, info: dict) -> list:
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in info["labels"].values() if t is not None]
+
+
+@pytest.mark.parametrize("n_models", [5, 16, 24])
+def test_model_labels_never_overlap_and_every_model_is_named(n_models: int) -> None:
+    fig, info = draw_frontier(_zoo_report(n_models, 3))
+    boxes = _label_boxes(fig, info)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    axes = fig.axes[0].get_window_extent(fig.canvas.get_renderer())
+    assert all(axes.x0 <= b.x0 and b.x1 <= axes.x1 and axes.y0 <= b.y0 and b.y1 <= axes.y1 for b in boxes)
+    named = {m for m, t in info["labels"].items() if t is not None}
+    assert named | set(info["numbered"]) == set(_zoo_report(n_models, 3)["models"])
+    assert len(named) >= n_models // 2  # most models keep a label beside their dot
+
+
+def test_a_large_catalog_is_numbered_with_a_key() -> None:
+    fig, info = draw_frontier(_zoo_report(56, 3))
+    assert len(info["numbered"]) == 56 and not _label_boxes(fig, info)
+    key = "\n".join(t.get_text() for t in fig.texts)
+    assert " 1  model-" in key and "56  model-" in key
+    assert fig.get_size_inches()[1] > 6  # the key has its own band under the plot
+
+
+def test_legend_has_one_name_for_the_zero_router_and_routers_have_distinct_styles() -> None:
+    _, info = draw_frontier(_zoo_report(5, 11))
+    assert not any("zero router" in text for text in info["legend"])  # one spelling: zero_router
+    assert [t.split(" (")[0] for t in info["legend"] if "zero_router" in t] == [
+        "zero_router: hull of the single models", "zero_router, learned"
+    ]  # fmt: skip
+    assert len(set(info["styles"].values())) == 11
+
+
+@pytest.mark.parametrize(
+    ("scheme", "split", "title"),
+    [
+        ("kfold-5", "all (cross-fitted)", "arena: 300 prompts, each tested once (5-fold cross-fitting)"),
+        ("holdout", "test", "arena: 300 prompts of the held-out test split"),
+    ],
+)
+def test_title_says_the_scheme_once(scheme: str, split: str, title: str) -> None:
+    report = _report() | {"scheme": scheme, "split": split}
+    assert frontier_title(report) == title
+
+
+def test_place_labels_moves_a_label_off_its_neighbour_and_gives_up_without_room() -> None:
+    bounds = (0.0, 0.0, 200.0, 100.0)
+    placed = place_labels([(50, 50), (52, 50)], [(40, 8), (40, 8)], obstacles=[], bounds=bounds)
+    assert placed[0] is not None and placed[1] is not None and placed[0] != placed[1]
+    assert place_labels([(5, 5)], [(400, 8)], obstacles=[], bounds=bounds) == [None]
