@@ -525,6 +525,7 @@ def run_comparison(
         tracking_uri=cfg.mlflow.tracking_uri,
         experiment=cfg.mlflow.experiment,
         run_name=run_name,
+        parent_run_id=cfg.mlflow.get("parent_run_id"),
         tags={"router_rl.command": command, "router_rl.dataset": data.name, "router_rl.policy": main_name},
     ):
         tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
