@@ -214,7 +214,13 @@ def test_a_cached_prompt_is_decided_on_the_event_loop(router: Router, inline: bo
     for a, (p, lim) in zip(again, [(p, lim) for p in prompts for lim in limits], strict=True):
         d = router.decide([p], **lim)[0]
         assert a["model"] == d.model, (p, lim)
-        assert a["scores"] == pytest.approx(d.scores, abs=1e-6)
+        # the same float32 head on an embedding from another encoder pass (padding and batch size change the
+        # encoder's rounding at ~1e-7 relative): equal to float32 precision, not bitwise
+        assert {m for m, v in a["scores"].items() if v is None} == {
+            m for m, v in d.scores.items() if v is None
+        }
+        finite = {m: v for m, v in d.scores.items() if v is not None}
+        assert {m: a["scores"][m] for m in finite} == pytest.approx(finite, rel=1e-5, abs=1e-5)
     assert len({a["model"] for a in again}) > 1
 
 
