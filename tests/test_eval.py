@@ -46,6 +46,9 @@ def test_eval_compares_policies_and_an_artifact_over_seeds(debug_run: dict, tmp_
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("router-rl").experiment_id])
     assert run.data.tags["router_rl.command"] == "eval"
+    assert (
+        run.info.run_name == "eval-arena-linucb+lin_ts+lin_ts_warm+neural_ts+mlp+zero_router+artifact-seed0,1"
+    )
     assert "eval/linucb/aiq_std" in run.data.metrics
 
 
