@@ -194,6 +194,26 @@ def _external(spec: str, args: Sequence[str]) -> int:
     return int(getattr(importlib.import_module(module), func)(list(args)) or 0)
 
 
+# what `router-rl train`, `eval` and `export` import beyond the serving install (pip install "router-rl[train]")
+TRAIN_MODULES = ("hydra", "mlflow", "gymnasium", "matplotlib")
+TRAIN_COMMANDS = ("train", "eval", "export")
+
+
+def _missing_train_extra(command: str) -> int | None:
+    """Exit status 2 with one line when the training extra is not installed (the serving install), else None."""
+    import importlib.util
+
+    missing = [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    print(
+        f"router-rl: error: `router-rl {command}` needs the training extra ({', '.join(missing)} not installed): "
+        'pip install "router-rl[train]"',
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
@@ -206,12 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in TRAIN_COMMANDS and (status := _missing_train_extra(command)) is not None:
+        return status
     if command in ("train", "eval"):
         return _hydra_command(command, command, rest)
     if command == "route":
         return _route(rest)
     if command == "export":
         return _export(rest)
+    if command == "collect" and ("--help" in rest or "-h" in rest):  # without importing the HTTP clients
+        from router_rl.config_help import render_help
+
+        print(render_help("collect", [a for a in rest if "=" in a and not a.startswith("-")]))
+        return 0
     if command in EXTERNAL_COMMANDS:
         return _external(EXTERNAL_COMMANDS[command], rest)
     print(f"router-rl: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

@@ -66,8 +66,8 @@ def comment_index(config_name: str, choices: dict[str, str]) -> dict[str, str]:
     """Every documented key of the config ``config_name`` composed with the group ``choices``."""
     root = files("router_rl.configs")
     index: dict[str, str] = {}
-    primaries = ["train.yaml"] if config_name == "train" else ["train.yaml", f"{config_name}.yaml"]
-    for name in primaries:  # eval.yaml's own comments win over train.yaml's
+    primaries = ["train.yaml", "eval.yaml"] if config_name == "eval" else [f"{config_name}.yaml"]
+    for name in primaries:  # eval.yaml's own comments win over train.yaml's (its parent)
         index.update(yaml_comments(_read(root.joinpath(name))))
     for group, option in choices.items():
         if group.startswith("hydra") or option is None:

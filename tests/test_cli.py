@@ -105,3 +105,19 @@ def test_train_yaml_lists_every_policy() -> None:
     )
     listed = set(line.split("#", 1)[1].split(":", 1)[1].replace("|", " ").split())
     assert listed == {p.stem for p in (root / "policy").glob("*.yaml")}
+
+
+def test_collect_help_is_documented_without_loading_the_http_clients(tmp_path: Path) -> None:
+    proc = run_cli(["collect", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    concurrency = next(line for line in proc.stdout.splitlines() if line.strip().startswith("concurrency: 8"))
+    assert "# (prompt, model) pairs in flight at once" in concurrency
+    code = (
+        "import sys; from router_rl.cli import main; main(['collect', '--help']); "
+        "print(sorted({'httpx', 'pandas', 'router_rl.collect'} & set(sys.modules)))"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -268,10 +268,9 @@ def test_collect_help_and_user_errors(tmp_path: Path, stubs, capsys) -> None:
     gateway, judge = stubs
     assert cli_main(["--help"]) == 0
     assert "collect  call candidate models" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["collect", "--help"])
+    assert cli_main(["collect", "--help"]) == 0  # every key with its documentation (router_rl.config_help)
     help_text = capsys.readouterr().out
-    assert exit_info.value.code == 0 and "router-rl collect" in help_text and "judge: llm" in help_text
+    assert "router-rl collect" in help_text and "judge=llm" in help_text
     assert "candidates" in help_text and "max_failures" in help_text
     write_inputs(tmp_path, 2)
     cases = [
