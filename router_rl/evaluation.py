@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -226,6 +227,71 @@ def task_mean_probs(
         c_hat.append(fold_c)
     q_all, c_all = np.concatenate(q_hat), np.concatenate(c_hat)
     return {float(w): greedy_probs(q_all - w * c_all) for w in weights}
+
+
+class TrainedOnWarning(UserWarning):
+    """An artifact is scored on prompts its training run saw: its figures are optimistic."""
+
+
+def prompt_digests(prompts: Any) -> list[str]:
+    """The first 16 hex digits of each prompt text's sha256: what a checkpoint records of its training
+    prompts (``training_prompts``), compact and without the texts."""
+    import hashlib
+
+    return [hashlib.sha256(str(t).encode("utf-8")).hexdigest()[:16] for t in prompts]
+
+
+def training_prompts_record(dataset: str, scheme: str, prompts: Any) -> dict[str, Any]:
+    """``{"dataset", "scheme", "n", "sha256_16"}`` of the prompts a policy was trained on (export context)."""
+    digests = prompt_digests(prompts)
+    return {"dataset": dataset, "scheme": scheme, "n": len(digests), "sha256_16": sorted(set(digests))}
+
+
+def warn_if_trained_on(
+    artifact_path: str | Path, manifest: dict[str, Any], dataset: str, test_prompts: Any
+) -> int | None:
+    """Warn (:class:`TrainedOnWarning`) when an artifact is scored on prompts its training run saw.
+
+    The training prompts come from the checkpoint its run wrote beside it (``<run dir>/checkpoint``: the
+    ``training_prompts`` record of :func:`training_prompts_record`), matched by the manifest's training run
+    id when both have one. Without that record, a dataset name equal to the manifest's ``dataset`` warns
+    that the overlap cannot be checked. Returns the number of test prompts it trained on (None: unknown).
+    """
+    import json
+    import warnings
+
+    where = Path(artifact_path).resolve().parent / "checkpoint" / "checkpoint.json"
+    record = None
+    if where.is_file():
+        try:
+            meta = json.loads(where.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        run = manifest.get("training_run_id")
+        if meta.get("training_prompts") and (not run or not meta.get("run_id") or meta["run_id"] == run):
+            record = meta["training_prompts"]
+    if record is None:
+        if manifest.get("dataset") is not None and manifest.get("dataset") == dataset:
+            warnings.warn(
+                f"artifact {artifact_path} was trained on dataset {dataset!r}, which it is now scored on, and "
+                "records no training prompts to check the overlap: unless its run held these test prompts "
+                "out, its figures are optimistic",
+                TrainedOnWarning,
+                stacklevel=2,
+            )
+        return None
+    seen = set(record.get("sha256_16", []))
+    digests = prompt_digests(test_prompts)
+    overlap = sum(d in seen for d in digests)
+    if overlap:
+        warnings.warn(
+            f"artifact {artifact_path} is scored on {overlap} of {len(digests)} test prompts its training run "
+            f"saw (dataset {record.get('dataset')!r}, {record.get('scheme')}, {record.get('n')} training "
+            "prompts): its figures on them are not held-out",
+            TrainedOnWarning,
+            stacklevel=2,
+        )
+    return overlap
 
 
 def two_model_report(

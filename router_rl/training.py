@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 
 from router_rl.data import DataWarning, assign_splits, kfold_assignments, load_bundled, load_dataset
 from router_rl.embeddings import Embedder, EmbeddingWarning
-from router_rl.evaluation import aggregate_reports, build_report, summary_table, to_json
+from router_rl.evaluation import (
+    aggregate_reports,
+    build_report,
+    summary_table,
+    to_json,
+    training_prompts_record,
+    warn_if_trained_on,
+)
 from router_rl.export import export_artifact, model_entries, write_checkpoint
 from router_rl.policies.base import Policy, greedy_probs, sample_actions
 from router_rl.policies.oracle import Oracle
@@ -28,7 +35,7 @@ from router_rl.policies.random import RandomPolicy
 from router_rl.policies.zero_router import ZeroRouter
 from router_rl.representation import Representation, identical_embeddings, learn_affixes
 from router_rl.representation import from_config as representation_config
-from router_rl.reward import default_cost_scale
+from router_rl.reward import default_cost_scale, reward
 from router_rl.tracking import Tracker, flatten
 from router_rl.types import RoutingData
 
@@ -197,12 +204,17 @@ def learn(
     progress: tqdm | None = None,
     on_log: Any = None,
     log_every: int = 0,
+    explore_cost_weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Train ``policy`` from bandit feedback in a SAME_STEP vector env of :class:`RoutingEnv` on ``rows``.
 
     Each batch: the policy gives exploring action probabilities for the observed prompts, an action is drawn
     (its propensity kept), the envs reveal the chosen models' outcomes only, and the policy updates on them.
     Pseudo-regret is measured against the per-step best expected reward under the same weights.
+    ``explore_cost_weights``: each batch decides at a cost weight drawn uniformly from these (a seeded
+    generator of its own) instead of ``cost_weight``, so a policy whose heads serve every weight explores the
+    whole frontier (the expensive models at small weights, the cheap ones at large), not only what is worth
+    trying at one weight; reward and regret are then those of each batch's own weight.
     ``env_options`` are further :class:`RoutingEnv` arguments (the ``env`` config group, less its ``id``);
     ``judge`` (the ``judge`` config group) says where the revealed quality comes from: the recorded grades, a
     noisy judge or a reward model (:func:`router_rl.envs.wrappers.make_feedback_vector_env`).
@@ -226,22 +238,37 @@ def learn(
     # the simulator's own expected rewards, one table per regime of a drift scenario (change points)
     truth = envs.envs[0].unwrapped
     points = truth.traffic.scenario.change_points() if truth.traffic is not None else []
-    regimes = [truth.expected_rewards(s) for s in [0, *points]]
+    sweep = None if not explore_cost_weights else np.asarray(explore_cost_weights, dtype=np.float64)
+    if sweep is None:
+        regimes = [truth.expected_rewards(s) for s in [0, *points]]
+    else:  # the expected outcomes, weighted at each batch's own cost weight
+        outcomes = [truth.expected_outcomes(s) for s in [0, *points]]
+        weight_rng = np.random.default_rng([seed, 11])
     obs, _ = envs.reset(seed=seed)
     done, total_reward, total_regret, n_batches = 0, 0.0, 0.0, max(1, steps // batch_size)
     curve: dict[str, list[float]] = {"steps": [], "cumulative_regret": [], "reward_mean": []}
     for i in range(n_batches):
-        probs = policy.probs(obs, cost_weight=cost_weight, latency_weight=latency_weight, explore=True)
+        w = cost_weight if sweep is None else float(sweep[weight_rng.integers(len(sweep))])
+        probs = policy.probs(obs, cost_weight=w, latency_weight=latency_weight, explore=True)
         actions, _ = sample_actions(probs, rng)
         next_obs, rewards, _, _, infos = envs.step(actions)
         out = step_outcomes(infos)
         policy.update(obs, actions, out["quality"], out["cost"], out["latency_s"])
         rows_seen = out["prompt_index"].astype(int)
-        if points:
-            regime = np.searchsorted(points, infos["final_info"]["step"], side="right")
+        regime = (
+            np.searchsorted(points, infos["final_info"]["step"], side="right")
+            if points
+            else np.zeros(len(rows_seen), dtype=int)
+        )
+        if sweep is None:
             exp = np.stack([regimes[r][p] for r, p in zip(regime, rows_seen, strict=True)])
         else:
-            exp = regimes[0][rows_seen]
+            q, c, lat = (
+                np.stack([outcomes[r][j][p] for r, p in zip(regime, rows_seen, strict=True)])
+                for j in range(3)
+            )
+            exp = reward(q, c, lat, cost_weight=w, cost_scale=cost_scale, latency_weight=latency_weight)
+            rewards = out["quality"] - w * out["cost"] - latency_weight * out["latency_s"]
         regret = exp.max(axis=1) - exp[np.arange(len(actions)), actions]
         total_reward += float(rewards.sum())
         total_regret += float(regret.sum())
@@ -420,8 +447,25 @@ def fit_policy(
         progress=progress,
         on_log=on_log,
         log_every=int(cfg.train.log_every),
+        explore_cost_weights=explore_weights(cfg, setup),
     )
     return {**stats, "warm_start_prompts": float(warm)} if spec else stats
+
+
+def explore_weights(cfg: DictConfig, setup: Setup) -> list[float] | None:
+    """The cost weights bandit training draws from (``train.cost_weights``): ``sweep`` = the evaluation sweep
+    (``setup.weights``), ``fixed`` (None) = ``reward.cost_weight`` only, or an explicit list."""
+    spec = cfg.train.get("cost_weights", "fixed")
+    if spec in (None, "fixed"):
+        return None
+    if spec == "sweep":
+        return list(setup.weights)
+    if isinstance(spec, str):
+        raise ValueError(f"train.cost_weights must be fixed, sweep or a list of weights >= 0; got {spec!r}")
+    weights = [float(w) for w in spec]
+    if not weights or min(weights) < 0:
+        raise ValueError(f"train.cost_weights must be a non-empty list of weights >= 0; got {weights}")
+    return weights
 
 
 def cross_fit(
@@ -463,6 +507,7 @@ def artifact_probs(setup: Setup, path: str, cfg: DictConfig) -> dict[float, np.n
     from router_rl.serve.artifact import decision_scores, load_artifact
 
     artifact = load_artifact(path, device=cfg.embedder.device)
+    warn_if_trained_on(path, artifact.manifest, setup.data.name, setup.data.prompts[setup.test_rows])
     if artifact.models != list(setup.data.models):
         raise ValueError(
             f"artifact {path} routes over {artifact.models}, the data has {list(setup.data.models)}; "
@@ -491,6 +536,75 @@ def _reusable(embedder: Embedder, artifact: Any) -> Embedder | None:
     return embedder if same else None
 
 
+def task_labels(data: RoutingData, cfg: DictConfig) -> np.ndarray | None:
+    """(N,) the task of every prompt from ``evaluation.task_column`` (None: no task column). ``source_benchmark``
+    (the bundled data's) is the loader's; another column is read from the custom data's outcomes table, else
+    its prompts table (first value per prompt)."""
+    column = cfg.evaluation.get("task_column", "source_benchmark")
+    if not column:
+        return None
+    if column == "source_benchmark" or cfg.data.get("bundled"):
+        return None if data.groups is None else np.asarray(data.groups).astype(str)
+    from router_rl.data import _read
+
+    for key in ("outcomes", "prompts"):
+        table = _read(cfg.data[key]).df
+        if column in table.columns:
+            first = table.drop_duplicates("prompt_id")
+            first.index = first["prompt_id"].astype(str)
+            labels = first[column].reindex(np.asarray(data.prompt_ids).astype(str))
+            if labels.isna().any():
+                raise ValueError(
+                    f"evaluation.task_column={column!r}: {int(labels.isna().sum())} prompts of {cfg.data[key]} "
+                    "have no value; expected a task label for every prompt"
+                )
+            return labels.astype(str).to_numpy()
+    raise ValueError(
+        f"evaluation.task_column={column!r} is in neither {cfg.data.outcomes} nor {cfg.data.prompts}; "
+        "name a column of one of them, or null for no task yardstick"
+    )
+
+
+def yardsticks(setup: Setup, cfg: DictConfig) -> dict[str, dict[float, np.ndarray]]:
+    """The fixed yardsticks of ``evaluation.yardsticks`` on the test rows: ``task_mean`` (each model's mean
+    quality and cost per task on each fold's training rows; only where the data has more than one task)."""
+    from router_rl.evaluation import task_mean_probs
+
+    out = {}
+    names = list(cfg.evaluation.get("yardsticks", []) or [])
+    unknown = [n for n in names if n != "task_mean"]
+    if unknown:
+        raise ValueError(f"evaluation.yardsticks: unknown {unknown}; expected some of ['task_mean']")
+    tasks = task_labels(setup.data, cfg) if names else None
+    if "task_mean" in names and tasks is not None and len(set(tasks.tolist())) > 1:
+        d = setup.data
+        cost = d.cost_usd / setup.cost_scale
+        out["task_mean"] = task_mean_probs(tasks, d.quality, cost, setup.plan, setup.weights)
+    return out
+
+
+def compare_with_rivals(
+    per_seed: list[dict[str, dict[float, np.ndarray]]],
+    fixed: dict[str, dict[float, np.ndarray]],
+    main_name: str,
+    setup: Setup,
+    max_cost: float,
+    cfg: DictConfig,
+) -> dict[str, Any] | None:
+    """Paired bootstrap intervals of the main router's AIQ minus every other router's (``evaluation.bootstrap``)."""
+    from router_rl.evaluation import paired_comparisons
+
+    spec = cfg.evaluation.get("bootstrap", {}) or {}
+    n_boot = int(spec.get("n_boot", 1000))
+    if n_boot <= 0:
+        return None
+    rows = setup.test_rows
+    return paired_comparisons(
+        [{**p, **fixed} for p in per_seed], main_name, setup.data.quality[rows], setup.data.cost_usd[rows],
+        max_cost=max_cost, n_boot=n_boot, level=float(spec.get("level", 0.95)), seed=int(spec.get("seed", 0)),
+    )  # fmt: skip
+
+
 def run_comparison(
     cfg: DictConfig,
     output_dir: str | Path,
@@ -517,13 +631,7 @@ def run_comparison(
     setup = prepare(cfg)
     data = setup.data
     tracker = Tracker(bool(cfg.mlflow.enabled))
-    seed_text = ",".join(map(str, seeds))
-    default_name = (  # an eval run reads as one: eval-<data>-<routers compared>-seed<seeds>
-        f"eval-{data.name}-{'+'.join([*learners, *(artifacts or {})])}-seed{seed_text}"
-        if command == "eval"
-        else f"{main_name}-{data.name}-seed{seed_text}"
-    )
-    run_name = cfg.mlflow.run_name or default_name[:250]
+    run_name = cfg.mlflow.run_name or f"{main_name}-{data.name}-seed{','.join(map(str, seeds))}"
     bandit_steps = max(1, int(cfg.train.steps) // int(cfg.train.batch_size)) * int(cfg.train.batch_size)
     n_fits = len(setup.plan) * len(learners) * len(seeds) + (1 if export_from is not None else 0)
 
@@ -539,6 +647,7 @@ def run_comparison(
         oracle = Oracle(data.quality, data.cost_usd, setup.cost_scale)
         oracle_probs = {w: oracle.probs(setup.test_rows, cost_weight=w) for w in setup.weights}
         fixed = {name: artifact_probs(setup, path, cfg) for name, path in (artifacts or {}).items()}
+        fixed.update(yardsticks(setup, cfg))  # task_mean where the data has tasks
         per_seed, all_stats, final = [], {}, None
         t0 = time.perf_counter()
 
@@ -586,6 +695,7 @@ def run_comparison(
             for r, p in zip(reports, per_seed, strict=True)
         ]
         report = aggregate_reports(reports, seeds)
+        report["comparisons"] = compare_with_rivals(per_seed, fixed, main_name, setup, largest, cfg)
         report.update(
             {
                 "policy": main_name,
@@ -621,6 +731,10 @@ def run_comparison(
                 "latency_weight": setup.latency_weight,
                 "dataset": data.name,
                 "run_id": tracker.run_id,
+                # what `router-rl eval` checks an artifact's test prompts against (TrainedOnWarning)
+                "training_prompts": training_prompts_record(
+                    data.name, setup.scheme, data.prompts[setup.final_rows]
+                ),
             }
             ckpt = write_checkpoint(out_dir / "checkpoint", final, context)
             tracker.log_artifact(ckpt, "checkpoint")
