@@ -631,7 +631,13 @@ def run_comparison(
     setup = prepare(cfg)
     data = setup.data
     tracker = Tracker(bool(cfg.mlflow.enabled))
-    run_name = cfg.mlflow.run_name or f"{main_name}-{data.name}-seed{','.join(map(str, seeds))}"
+    seed_text = ",".join(map(str, seeds))
+    default_name = (  # an eval run reads as one: eval-<data>-<routers compared>-seed<seeds>
+        f"eval-{data.name}-{'+'.join([*learners, *(artifacts or {})])}-seed{seed_text}"
+        if command == "eval"
+        else f"{main_name}-{data.name}-seed{seed_text}"
+    )
+    run_name = cfg.mlflow.run_name or default_name[:250]
     bandit_steps = max(1, int(cfg.train.steps) // int(cfg.train.batch_size)) * int(cfg.train.batch_size)
     n_fits = len(setup.plan) * len(learners) * len(seeds) + (1 if export_from is not None else 0)
 
