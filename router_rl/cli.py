@@ -86,6 +86,11 @@ def _hydra_command(name: str, config_name: str, args: Sequence[str]) -> int:
     sys.argv = [f"router-rl {name}", *args]
     try:
         _main()
+    except BaseException as exc:  # a sweep that raised or was stopped: its MLflow parent run ends with it
+        from router_rl.tracking import end_open_sweeps, is_interruption
+
+        end_open_sweeps("KILLED" if is_interruption(exc) else "FAILED", reason=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         sys.argv = saved
     if failed:

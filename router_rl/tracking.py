@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import warnings
@@ -161,7 +162,7 @@ _ATEXIT_REGISTERED = False
 _SAVED_HANDLERS: dict[int, Any] = {}
 
 
-def end_open_sweeps(status: str | None = None) -> None:
+def end_open_sweeps(status: str | None = None, reason: str = "") -> None:
     """End every sweep parent run still open in this process, and its children still RUNNING, as ``status``
     (default: KILLED after an interrupt, else FAILED). Registered with :mod:`atexit` by the callback."""
     status = status or ("KILLED" if _INTERRUPTED else "FAILED")
@@ -178,10 +179,26 @@ def end_open_sweeps(status: str | None = None) -> None:
             for child in running:
                 client.set_terminated(child.info.run_id, status=status)
             client.set_terminated(run_id, status=status)
-            log.warning("MLflow sweep run %s ended %s", run_id, status)
+            log.warning("MLflow sweep run %s ended %s%s", run_id, status, f" ({reason})" if reason else "")
         except Exception as err:  # noqa: BLE001 - at exit: report, never mask the sweep's own error
             log.warning("could not end MLflow sweep run %s as %s: %s", run_id, status, err)
         _OPEN_SWEEPS.pop(run_id, None)
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """Whether ``exc``, ending a sweep, means it was stopped rather than failed: Ctrl-C, or the exit of a
+    SIGINT/SIGTERM handler. Ours exits 128 + the signal number; once ``ray.init`` ran, Ray's driver handler
+    replaces ours and ``ray.get`` turns its ``sys.exit(15)`` into ``SystemExit(1)`` whose
+    ``ray_terminate_msg`` says ``Exit code: 15``."""
+    if _INTERRUPTED or isinstance(exc, KeyboardInterrupt):
+        return True
+    if not isinstance(exc, SystemExit):
+        return False
+    # 128 + SIGINT/SIGTERM, and Ray's bare 15 (a bare 2 is a user error's status, not SIGINT: Ray leaves
+    # SIGINT to Python's KeyboardInterrupt)
+    stops = {128 + int(signal.SIGINT), 128 + int(signal.SIGTERM), int(signal.SIGTERM)}
+    ray_exit = re.search(r"Exit code: (-?\d+)", str(getattr(exc, "ray_terminate_msg", "")))
+    return exc.code in stops or (ray_exit is not None and int(ray_exit.group(1)) in stops)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -230,8 +247,8 @@ class MLflowSweepCallback(Callback):
     (``router_rl.sweep.failed_job.<num>``: its overrides and error); ``on_multirun_end`` logs the best job's
     objective, the failed jobs' count (and an Optuna study's best parameters) and ends the parent FINISHED. A
     sweep that raises (a job's crash, a sweeper or launcher error) or is interrupted never reaches
-    ``on_multirun_end``: an :mod:`atexit` hook ends its parent FAILED, or KILLED after SIGINT/SIGTERM, with
-    its children still RUNNING.
+    ``on_multirun_end``: ``router-rl``'s command line ends its parent FAILED, or KILLED after SIGINT/SIGTERM,
+    with its children still RUNNING (an :mod:`atexit` hook does it for any other entry point).
     """
 
     def __init__(self, enabled: bool = True) -> None:
@@ -289,9 +306,16 @@ class MLflowSweepCallback(Callback):
 
         overrides = [o for o in config.hydra.overrides.task if not o.startswith("mlflow.")]
         reason = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else "no objective"
-        MlflowClient(tracking_uri=str(config.mlflow.tracking_uri)).set_tag(
-            str(parent), f"{FAILED_JOB_TAG}{config.hydra.job.num}", f"{' '.join(overrides)} ({reason})"[:5000]
-        )
+        try:
+            MlflowClient(tracking_uri=str(config.mlflow.tracking_uri)).set_tag(
+                str(parent),
+                f"{FAILED_JOB_TAG}{config.hydra.job.num}",
+                f"{' '.join(overrides)} ({reason})"[:5000],
+            )
+        except Exception as err:  # noqa: BLE001 - the job's own outcome stands; say why the tag is missing
+            log.warning(
+                "could not tag sweep run %s with job %s's failure: %s", parent, config.hydra.job.num, err
+            )
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if self._run_id is None:

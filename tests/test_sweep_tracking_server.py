@@ -29,6 +29,86 @@ class ExplodingPolicy:
         raise RuntimeError("policy exploded on purpose")
 
 
+RAY = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def _launcher(target: str, address: str | None) -> dict:
+    return {"_target_": target, "ray": {"init": {"address": address}}}
+
+
+@pytest.mark.parametrize(
+    ("uri", "launcher", "warns"),
+    [
+        ("sqlite:///mlflow.db", _launcher(RAY, "ray://head:10001"), True),  # the default, on a cluster
+        ("sqlite:///runs/mlflow.db", _launcher(RAY, "10.0.0.1:6379"), True),
+        ("file:mlruns", _launcher(RAY, "10.0.0.1:6379"), True),
+        ("mlruns", _launcher(RAY, "auto"), True),
+        ("http://10.0.0.1:5000", _launcher(RAY, "ray://head:10001"), False),  # one tracking server
+        ("sqlite:////shared/nfs/mlflow.db", _launcher(RAY, "10.0.0.1:6379"), False),  # an absolute path
+        ("file:///shared/nfs/mlruns", _launcher(RAY, "10.0.0.1:6379"), False),
+        ("sqlite:///mlflow.db", _launcher(RAY, None), False),  # a local Ray instance: this machine only
+        ("sqlite:///mlflow.db", _launcher(JOBLIB, None), False),
+        (
+            "sqlite:///mlflow.db",
+            {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+            False,
+        ),
+    ],
+)
+def test_relative_store_on_a_joined_ray_cluster_warns(uri: str, launcher: dict, warns: bool) -> None:
+    from omegaconf import OmegaConf
+
+    from router_rl.tracking import remote_store_warning
+
+    message = remote_store_warning(uri, OmegaConf.create(launcher))
+    assert (message is not None) == warns
+    if warns:
+        assert uri in message and "MLFLOW_TRACKING_URI=http://HOST:5000" in message
+
+
+def test_sweep_ray_joins_a_running_cluster_without_an_object_store_size() -> None:
+    """The Ray launcher runs ``ray_cfg.init.setdefault("object_store_memory", 78643200)`` before ray.init, and
+    Ray refuses the key when joining a cluster: the experiment's explicit null must survive that line."""
+    from omegaconf import OmegaConf
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = OmegaConf.load(root / "configs" / "experiment" / "sweep_ray.yaml")
+    init = cfg.hydra.launcher.ray.init
+    init.address = "ray://head:10001"
+    init.setdefault("object_store_memory", 78643200)  # what hydra_ray_launcher's _core.launch does
+    kwargs = OmegaConf.to_container(init, resolve=True)
+    assert kwargs == {"address": "ray://head:10001", "object_store_memory": None}
+
+
+@pytest.mark.parametrize(
+    ("exc", "stopped"),
+    [
+        (KeyboardInterrupt(), True),
+        (SystemExit(128 + signal.SIGTERM), True),  # our SIGTERM handler
+        (SystemExit(signal.SIGTERM), True),  # Ray's driver handler, outside ray.get
+        (SystemExit(1), False),  # Hydra after a job's exception
+        (SystemExit(2), False),  # a user error
+        (RuntimeError("boom"), False),
+    ],
+)
+def test_what_counts_as_an_interrupted_sweep(exc: BaseException, stopped: bool) -> None:
+    from router_rl.tracking import is_interruption
+
+    assert is_interruption(exc) is stopped
+
+
+def test_ray_get_interrupted_by_sigterm_counts_as_stopped() -> None:
+    from router_rl.tracking import is_interruption
+
+    # what ray.get raises when the driver gets SIGTERM (seen with Ray 2.60 joined to a `ray start --head`)
+    exc = SystemExit(1)
+    exc.ray_terminate_msg = "SystemExit is raised (sys.exit is called). Exit code: 15."
+    assert is_interruption(exc)
+    exc.ray_terminate_msg = "SystemExit is raised (sys.exit is called). Exit code: 1."
+    assert not is_interruption(exc)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
