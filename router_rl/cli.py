@@ -24,6 +24,8 @@ commands:
   route    print one routing decision of an exported artifact for a prompt
   serve    run the router as an HTTP service (OpenAI-compatible, behind your gateway); serve export-log
   collect  call candidate models on your prompts, have an LLM judge grade them, write an outcomes table
+  learn    continue the deployed policy from the decision log, evaluate it off-policy, promote on evidence
+  promote  point a registry alias at a version (rollback NAME ALIAS: back to the previous one)
 
 run `router-rl <command> --help` for a command's options."""
 
@@ -189,6 +191,9 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
 EXTERNAL_COMMANDS: dict[str, str] = {
     "collect": "router_rl.collect:main",
     "serve": "router_rl.serve.cli:main",
+    "learn": "router_rl.learn:main",
+    "promote": "router_rl.learn:promote_main",
+    "rollback": "router_rl.learn:rollback_main",
 }
 
 
