@@ -20,6 +20,7 @@ from router_rl.serve.artifact import load_artifact
 from router_rl.serve.batching import MicroBatcher, Overloaded
 from router_rl.serve.decision_log import DecisionLog, LogFull
 from router_rl.serve.errors import APIError
+from router_rl.serve.exploration import explore_softmax
 from router_rl.serve.metrics import Metrics
 from router_rl.serve.router import Decision, Router, explore
 from router_rl.serve.settings import ServeSettings
@@ -107,6 +108,15 @@ class Service:
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
         if self.settings.explore_epsilon > 0:
             routed.decision = explore(routed.decision, self.settings.explore_epsilon, self.rng)
+        elif self.settings.explore_softmax_temperature > 0:
+            routed.decision = explore_softmax(
+                routed.decision,
+                routed.embedding,
+                routed.router.artifact,
+                bonus=self.settings.explore_bonus,
+                temperature=self.settings.explore_softmax_temperature,
+                rng=self.rng,
+            )
         self.metrics.decisions.labels(model=routed.decision.model).inc()
         return routed
 

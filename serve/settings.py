@@ -95,6 +95,15 @@ class ServeSettings:
     explore_epsilon: float = opt(
         0.0, "epsilon-greedy exploration for logged data; 0 = the policy's greedy choice"
     )
+    explore_softmax_temperature: float = opt(
+        0.0,
+        "bonus-softmax exploration (serve/exploration.py): temperature of the draw among allowed models, exact "
+        "propensities logged; 0 = off",
+    )
+    explore_bonus: float = opt(
+        1.0,
+        "weight of the LinUCB width (the artifact's inverse designs) in the bonus softmax; 0 = plain softmax",
+    )
     seed: int = opt(0, "seeds the exploration draws")
     durable_decisions: bool = opt(
         True,
@@ -185,6 +194,14 @@ class ServeSettings:
             raise bad("embedding_cache_size", "an integer >= 0 (0: no cache)")
         if not 0.0 <= self.explore_epsilon <= 1.0:
             raise bad("explore_epsilon", "a probability in [0, 1]")
+        if not (math.isfinite(self.explore_softmax_temperature) and self.explore_softmax_temperature >= 0):
+            raise bad("explore_softmax_temperature", "a temperature >= 0 (0: off)")
+        if not (math.isfinite(self.explore_bonus) and self.explore_bonus >= 0):
+            raise bad("explore_bonus", "a weight >= 0")
+        if self.explore_epsilon > 0 and self.explore_softmax_temperature > 0:
+            raise bad(
+                "explore_softmax_temperature", "0 while explore_epsilon is on (one exploration at a time)"
+            )
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise bad("upstream", "an http:// or https:// base URL such as http://127.0.0.1:4000/v1")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
