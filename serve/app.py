@@ -35,7 +35,7 @@ from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
 from router_rl.serve.jsonbody import StrictJSONRoute
 from router_rl.serve.metrics import Metrics
-from router_rl.serve.proxy import HEADER_DURABLE, ChatProxy
+from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy
 from router_rl.serve.router import Router
 from router_rl.serve.schemas import (
     MAX_COST_WEIGHT,
@@ -50,6 +50,7 @@ from router_rl.serve.schemas import (
 )
 from router_rl.serve.service import Service
 from router_rl.serve.settings import ServeSettings
+from router_rl.serve.sticky import StickyConversations, conversation_key, next_turn_key
 from router_rl.serve.upstreams import UpstreamMap, new_client
 
 log = logging.getLogger("router_rl.serve")
@@ -343,6 +344,11 @@ def create_app(
     if own_log:
         decision_log = DecisionLog(settings.log_db)  # type: ignore[arg-type]
     metrics = Metrics()
+    sticky = (
+        StickyConversations(settings.sticky_max_conversations, metrics.registry)
+        if settings.sticky_conversations
+        else None
+    )
     metrics.set_policy(router.artifact.version)
     metrics.set_encoder(router.embedder.describe)
     service = Service(
@@ -527,6 +533,8 @@ def create_app(
         if len(reachable) < len(router.models):
             limits["candidates"] = reachable
         routed = await service.decide(prompt, limits)
+        if sticky is not None:  # the conversation's last model, when this request allows it
+            routed.decision = sticky.apply(routed.decision, conversation_key(body.messages))
         future = service.log_decision(routed, prompt, "chat", key)
         payload = body.model_dump(exclude_unset=True, exclude={"router"})
         deadline = (
@@ -534,7 +542,12 @@ def create_app(
         )
         forward = proxy.stream if body.stream else proxy.complete
         # the upstream call and the decision's commit overlap; the answer waits for both
-        return await forward(routed, payload, key, deadline=deadline, logged=lambda: service.logged(future))
+        response = await forward(
+            routed, payload, key, deadline=deadline, logged=lambda: service.logged(future)
+        )
+        if sticky is not None and response.status_code < 300:  # the next turn goes to who answered this one
+            sticky.remember(next_turn_key(body.messages), response.headers.get(HEADER_MODEL))
+        return response
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, responses=ERROR_RESPONSES)
     async def feedback(body: FeedbackRequest, key: str = Depends(api_key)) -> JSONResponse:

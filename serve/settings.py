@@ -105,6 +105,12 @@ class ServeSettings:
         "weight of the LinUCB width (the artifact's inverse designs) in the bonus softmax; 0 = plain softmax",
     )
     seed: int = opt(0, "seeds the exploration draws")
+    sticky_conversations: bool = opt(
+        False, "a chat conversation stays on the model that answered its last turn (serve/sticky.py)"
+    )
+    sticky_max_conversations: int = opt(
+        100_000, "conversations the sticky table remembers (LRU, per replica)"
+    )
     durable_decisions: bool = opt(
         True,
         "answer a decision only once its log row is committed and synced (group commit); off: rows are "
@@ -194,6 +200,8 @@ class ServeSettings:
             raise bad("embedding_cache_size", "an integer >= 0 (0: no cache)")
         if not 0.0 <= self.explore_epsilon <= 1.0:
             raise bad("explore_epsilon", "a probability in [0, 1]")
+        if self.sticky_max_conversations < 1:
+            raise bad("sticky_max_conversations", "an integer >= 1")
         if not (math.isfinite(self.explore_softmax_temperature) and self.explore_softmax_temperature >= 0):
             raise bad("explore_softmax_temperature", "a temperature >= 0 (0: off)")
         if not (math.isfinite(self.explore_bonus) and self.explore_bonus >= 0):
