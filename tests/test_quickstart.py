@@ -119,3 +119,18 @@ def test_small_data_config_errors_name_their_key(tmp_path: Path, overrides: list
     cfg.merge_with_dotlist(overrides)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         evaluation_plan(data, cfg.evaluation, cfg.data)
+
+
+def test_train_on_the_bundled_routellm_data(tmp_path: Path, cache_dir: Path) -> None:
+    # README: router-rl train data=routellm (two models: RouteLLM's metrics beside AIQ)
+    proc = run_cli(
+        ["train", "data=routellm", "debug=default", "mlflow.enabled=false", "hydra.run.dir=out"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["dataset"] == "routellm" and report["n_prompts"] == 60  # debug size: cross-fitted, 2 folds
+    assert (
+        set(report["models"]) == {"gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"}
+        and "two_model" in report
+    )
+    assert (tmp_path / "out" / "artifact" / "manifest.json").is_file()
