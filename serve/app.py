@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router_rl.serve.artifact import ArtifactError
@@ -34,6 +35,7 @@ from router_rl.serve.batching import MicroBatcher
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
 from router_rl.serve.jsonbody import StrictJSONRoute
+from router_rl.serve.judging import answer_text, from_settings
 from router_rl.serve.metrics import Metrics
 from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy
 from router_rl.serve.router import Router
@@ -349,6 +351,11 @@ def create_app(
         if settings.sticky_conversations
         else None
     )
+    judging = (
+        from_settings(settings, decision_log, metrics.registry)
+        if settings.judge_share > 0 and decision_log is not None
+        else None
+    )
     metrics.set_policy(router.artifact.version)
     metrics.set_encoder(router.embedder.describe)
     service = Service(
@@ -407,6 +414,8 @@ def create_app(
             await service.batcher.stop()
             if own_client:
                 await service.client.close()
+            if judging is not None:  # its background grades finished with their requests
+                await judging.aclose()
             if own_log and service.decision_log is not None:
                 await loop.run_in_executor(None, service.decision_log.close)
             torch.set_num_threads(threads_before)
@@ -547,6 +556,12 @@ def create_app(
         )
         if sticky is not None and response.status_code < 300:  # the next turn goes to who answered this one
             sticky.remember(next_turn_key(body.messages), response.headers.get(HEADER_MODEL))
+        if judging is not None and not body.stream and response.status_code == 200:
+            answer = answer_text(response)
+            if answer is not None and judging.sample():  # graded once the answer has been sent
+                response.background = BackgroundTask(
+                    judging.grade, routed.decision.decision_id, prompt, answer
+                )
         return response
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, responses=ERROR_RESPONSES)

@@ -105,6 +105,16 @@ class ServeSettings:
         "weight of the LinUCB width (the artifact's inverse designs) in the bonus softmax; 0 = plain softmax",
     )
     seed: int = opt(0, "seeds the exploration draws")
+    judge_share: float = opt(
+        0.0, "share of answered (non-streamed) chat requests graded by the judge after the answer; 0 = off"
+    )
+    judge_url: str | None = opt(None, "the judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:4000/v1")
+    judge_model: str = opt("judge", "the model name sent to the judge endpoint")
+    judge_api_key_env: str | None = opt(None, "environment variable holding the judge's API key")
+    judge_max_retries: int = opt(2, "retries of a judge call on 429, 5xx, timeouts")
+    judge_budget_usd_per_hour: float = opt(1.0, "the judge's spend allowed over any trailing hour")
+    judge_usd_per_1m_input: float = opt(0.0, "the judge model's price per 1M input tokens")
+    judge_usd_per_1m_output: float = opt(0.0, "the judge model's price per 1M output tokens")
     sticky_conversations: bool = opt(
         False, "a chat conversation stays on the model that answered its last turn (serve/sticky.py)"
     )
@@ -200,6 +210,17 @@ class ServeSettings:
             raise bad("embedding_cache_size", "an integer >= 0 (0: no cache)")
         if not 0.0 <= self.explore_epsilon <= 1.0:
             raise bad("explore_epsilon", "a probability in [0, 1]")
+        if not 0.0 <= self.judge_share <= 1.0:
+            raise bad("judge_share", "a probability in [0, 1]")
+        if self.judge_share > 0 and not (self.judge_url or "").startswith(("http://", "https://")):
+            raise bad("judge_url", "an http:// or https:// base URL while judge_share > 0")
+        if self.judge_share > 0 and not self.log_db:
+            raise bad("judge_share", "0 without a decision log (grades are stored as feedback)")
+        for name in ("judge_budget_usd_per_hour", "judge_usd_per_1m_input", "judge_usd_per_1m_output"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "dollars >= 0")
+        if self.judge_max_retries < 0:
+            raise bad("judge_max_retries", "an integer >= 0")
         if self.sticky_max_conversations < 1:
             raise bad("sticky_max_conversations", "an integer >= 1")
         if not (math.isfinite(self.explore_softmax_temperature) and self.explore_softmax_temperature >= 0):

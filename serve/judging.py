@@ -1,0 +1,160 @@
+"""Judge sampling: a share of answered chat requests graded by an LLM judge after the answer was sent.
+
+For each answered, non-streamed chat request, with probability ``judge_share`` and while the judge's spend
+over the last hour is under ``judge_budget_usd_per_hour``, the service schedules a background task (Starlette
+runs it after the response body has gone out, so never on the request path) that grades the answer with
+:class:`router_rl.judge.Judge` (MT-Bench single grade, quality = score / 10) and stores the grade as the
+decision's feedback. A judge that fails or answers unreadably is counted, never seen by the client.
+Streamed answers are not graded yet. The feedback row does not record its source (judge or client) yet: that
+needs a column in the decision log, whose schema is being reworked for its PostgreSQL backend.
+
+Metrics: ``router_rl_judge_grades{outcome}`` (ok, error, unparsed, log_error),
+``router_rl_judge_skipped{reason}`` (sampled_out, budget), ``router_rl_judge_spend_usd``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("router_rl.serve")
+
+
+class JudgeSampler:
+    """Decides which answers are graded and grades them.
+
+    Args:
+        judge_factory: builds the :class:`~router_rl.judge.Judge` (called once, inside the event loop).
+        share: probability that an answered request is graded.
+        budget_usd_per_hour: the judge's spend allowed over any trailing hour.
+        decision_log: where grades are written (``add_feedback``).
+        registry: the Prometheus registry of the service's metrics.
+        seed: seeds the sampling draws.
+        clock: seconds (monotonic), for the spend window.
+    """
+
+    def __init__(
+        self,
+        judge_factory: Callable[[], Any],
+        *,
+        share: float,
+        budget_usd_per_hour: float,
+        decision_log: Any,
+        registry: Any,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from prometheus_client import Counter
+
+        self._factory = judge_factory
+        self._judge: Any = None
+        self.share = float(share)
+        self.budget = float(budget_usd_per_hour)
+        self.decision_log = decision_log
+        self.rng = np.random.default_rng(seed)
+        self.clock = clock
+        self._spend: collections.deque[tuple[float, float]] = collections.deque()
+        self.grades = Counter(
+            "router_rl_judge_grades",
+            "Judge gradings by outcome (ok, error, unparsed, log_error)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "router_rl_judge_skipped",
+            "Answers not graded (sampled_out, budget)",
+            ["reason"],
+            registry=registry,
+        )
+        self.spend = Counter("router_rl_judge_spend_usd", "Dollars spent on the judge", registry=registry)
+
+    def spent_last_hour(self) -> float:
+        now = self.clock()
+        while self._spend and self._spend[0][0] <= now - 3600.0:
+            self._spend.popleft()
+        return sum(c for _, c in self._spend)
+
+    def sample(self) -> bool:
+        """Whether to grade this answer: drawn with probability ``share``, and only under the hourly budget."""
+        if self.rng.random() >= self.share:
+            self.skipped.labels(reason="sampled_out").inc()
+            return False
+        if self.spent_last_hour() >= self.budget:
+            self.skipped.labels(reason="budget").inc()
+            return False
+        return True
+
+    async def grade(self, decision_id: str, prompt: str, answer: str) -> None:
+        """Grade ``answer`` and store it as the decision's feedback; never raises."""
+        try:
+            if self._judge is None:
+                self._judge = self._factory()
+            verdict = await self._judge.grade(prompt, answer)
+        except Exception as err:  # noqa: BLE001 - a judge failure must never reach a client or the loop
+            log.warning("judge failed for decision %s: %s", decision_id, err)
+            self.grades.labels(outcome="error").inc()
+            return
+        if verdict.cost_usd:
+            self._spend.append((self.clock(), float(verdict.cost_usd)))
+            self.spend.inc(float(verdict.cost_usd))
+        if not verdict.ok:
+            self.grades.labels(outcome=verdict.status).inc()
+            return
+        try:
+            await asyncio.wrap_future(self.decision_log.add_feedback(decision_id, float(verdict.quality)))
+        except Exception as err:  # noqa: BLE001 - e.g. the log is full: count it, the answer was served
+            log.warning("judge grade of decision %s not stored: %s", decision_id, err)
+            self.grades.labels(outcome="log_error").inc()
+            return
+        self.grades.labels(outcome="ok").inc()
+
+    async def aclose(self) -> None:
+        if self._judge is not None:
+            await self._judge.aclose()
+
+
+def from_settings(settings: Any, decision_log: Any, registry: Any) -> JudgeSampler:
+    """The sampler of ``settings`` (``judge_*``), judging through an OpenAI-compatible endpoint."""
+
+    def factory() -> Any:
+        from router_rl.judge import Endpoint, Judge, JudgeConfig
+
+        endpoint = Endpoint(
+            base_url=settings.judge_url,
+            model=settings.judge_model,
+            api_key_env=settings.judge_api_key_env,
+            max_retries=settings.judge_max_retries,
+        )
+        return Judge(
+            JudgeConfig(
+                endpoint=endpoint,
+                usd_per_1m_input=settings.judge_usd_per_1m_input,
+                usd_per_1m_output=settings.judge_usd_per_1m_output,
+            )
+        )
+
+    return JudgeSampler(
+        factory,
+        share=settings.judge_share,
+        budget_usd_per_hour=settings.judge_budget_usd_per_hour,
+        decision_log=decision_log,
+        registry=registry,
+        seed=settings.seed,
+    )
+
+
+def answer_text(response: Any) -> str | None:
+    """The assistant's text of a non-streamed chat completion response (None when there is none)."""
+    import json
+
+    try:
+        content = json.loads(response.body)["choices"][0]["message"]["content"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    return content if isinstance(content, str) and content else None
