@@ -232,11 +232,11 @@ def from_config(cfg: Any) -> tuple[Representation, dict[str, Any]]:
     )
     learn = {
         "enabled": bool(affixes.get("enabled", False)),
-        "min_share": float(affixes.get("min_share", 0.05)),
+        "min_share": float(affixes.get("min_share", 0.01)),
         "min_prompts": int(affixes.get("min_prompts", 5)),
         "min_chars": int(affixes.get("min_chars", 200)),
         "suffixes": bool(affixes.get("suffixes", True)),
-        "max_affixes": int(affixes.get("max_affixes", 64)),
+        "max_affixes": int(affixes.get("max_affixes", 128)),
     }
     return rep, learn
 
@@ -312,11 +312,11 @@ def shared_prefixes(texts: Sequence[str], *, min_count: int, min_chars: int) -> 
 def learn_affixes(
     texts: Sequence[str],
     *,
-    min_share: float = 0.05,
+    min_share: float = 0.01,
     min_prompts: int = 5,
     min_chars: int = 200,
     suffixes: bool = True,
-    max_affixes: int = 64,
+    max_affixes: int = 128,
 ) -> tuple[list[str], list[str], dict[str, Any]]:
     """Prefixes (and suffixes) shared by many of ``texts``: (prefixes, suffixes, record for the manifest).
 

@@ -38,6 +38,8 @@ def test_wheel_contents(tmp_path: Path) -> None:
         "router_rl/configs/train.yaml",
         "router_rl/configs/policy/linucb.yaml",
         "router_rl/configs/debug/default.yaml",
+        "router_rl/configs/embedder/minilm.yaml",
+        "router_rl/configs/embedder/static.yaml",
         "router_rl/datasets/arena_bench_v1_gpt4judge.csv.gz",
         "router_rl/datasets/routellm_gpt4_vs_mixtral_prompts.jsonl.gz",
         "router_rl/datasets/models.csv",
