@@ -218,6 +218,32 @@ def test_exploration_is_logged_with_its_propensity(artifact: Path, stub: OpenAIS
     np.testing.assert_allclose(log.propensity, [1 / 3] * 9)
 
 
+def test_softmax_exploration_is_logged_with_its_propensity(
+    artifact: Path, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    """The bonus softmax through LiteLLM: each logged propensity is the softmax of that decision's scores."""
+    router = litellm.Router(model_list=model_list(stub), num_retries=0)
+    settings = ServeSettings(log_db=str(tmp_path / "soft.sqlite"), explore_softmax_temperature=1.0, seed=3)
+    strategy = RouterRLStrategy(Router(artifact, device="cpu", embedder=shared_embedder()), settings=settings)
+    strategy.install(router)
+
+    async def scenario() -> list[str]:
+        answered = [(await ask(router, "router", f"soft {i}")).model for i in range(12)]
+        await settle(strategy, 12)
+        return answered
+
+    try:
+        answered = asyncio.run(scenario())
+    finally:
+        strategy.close()
+    log = read_logged_bandit_data(tmp_path / "soft.sqlite")
+    assert [log.models[a] for a in log.action] == answered
+    assert len(set(answered)) > 1
+    z = np.exp(log.scores - np.nanmax(log.scores, axis=1, keepdims=True))
+    want = (z / np.nansum(z, axis=1, keepdims=True))[np.arange(len(log)), log.action]
+    np.testing.assert_allclose(log.propensity, want, rtol=1e-5)
+
+
 def test_unhealthy_deployment_is_excluded(artifact: Path, stub: OpenAIStub, tmp_path: Path) -> None:
     """A deployment LiteLLM cooled down is no candidate; a retry goes to the next best untried model."""
     router = litellm.Router(model_list=model_list(stub), num_retries=0, allowed_fails=0, cooldown_time=60)

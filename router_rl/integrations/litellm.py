@@ -76,6 +76,7 @@ from litellm.types.router import CustomRoutingStrategyBase
 
 from router_rl.serve.batching import MicroBatcher
 from router_rl.serve.decision_log import DecisionLog
+from router_rl.serve.exploration import explore_softmax
 from router_rl.serve.router import Decision, Router, explore
 from router_rl.serve.schemas import Limits
 from router_rl.serve.settings import ServeSettings
@@ -560,6 +561,15 @@ class RouterRLStrategy(CustomRoutingStrategyBase, CustomLogger):
     ) -> dict[str, Any]:
         if self.settings.explore_epsilon > 0:
             decision = explore(decision, self.settings.explore_epsilon, self._rng)
+        elif self.settings.explore_softmax_temperature > 0:
+            decision = explore_softmax(
+                decision,
+                embedding,
+                self.router.artifact,
+                bonus=self.settings.explore_bonus,
+                temperature=self.settings.explore_softmax_temperature,
+                rng=self._rng,
+            )
         if self.decision_log is not None:
             self._log_decision(decision, embedding, limits, prompt, meta)
         return {
