@@ -344,7 +344,7 @@ def create_app(
         )
     own_log = decision_log is None and bool(settings.log_db)
     if own_log:
-        decision_log = DecisionLog(settings.log_db)  # type: ignore[arg-type]
+        decision_log = DecisionLog(settings.log_db, replica=settings.replica_id)  # type: ignore[arg-type]
     metrics = Metrics()
     sticky = (
         StickyConversations(settings.sticky_max_conversations, metrics.registry)
@@ -610,8 +610,10 @@ def create_app(
             "decision_log": service.decision_log is not None,
             "durable_decisions": service.decision_log is not None and settings.durable_decisions,
         }
+        if service.decision_log is not None:  # the name this replica writes on its log rows
+            health["replica"] = service.decision_log.replica
         if settings.healthz_log_path and service.decision_log is not None:  # a server path: off by default
-            health["decision_log_path"] = str(service.decision_log.path)
+            health["decision_log_path"] = service.decision_log.location  # a URL without its password
         return JSONResponse(health)
 
     @app.get("/metrics", response_class=PlainTextResponse)

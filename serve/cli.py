@@ -104,7 +104,9 @@ def _export_log(args: Sequence[str]) -> int:
         description="Write a decision log as logged bandit data: one row per decision with action, propensity, "
         "scores, feedback quality and cost (.parquet or .csv), or the arrays (.npz).",
     )
-    parser.add_argument("db", help="the decision log the server wrote (--log-db)")
+    parser.add_argument(
+        "db", help="the decision log the server wrote (--log-db: a sqlite path or URL, or postgresql://...)"
+    )
     parser.add_argument("out", help="output file: .parquet, .csv or .npz")
     parser.add_argument("--policy-version", default=None, help="keep only this policy version's decisions")
     parser.add_argument("--require-feedback", action="store_true", help="keep only decisions with feedback")
@@ -122,11 +124,15 @@ def _export_log(args: Sequence[str]) -> int:
         }
         out = export_logged_data(opts.db, opts.out, **filters)
         data = read_logged_bandit_data(opts.db, **filters)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ConnectionError, ImportError) as err:
         return _fail(err)
     print(
         f"{len(data)} decisions ({int(data.has_feedback.sum())} with feedback, {data.n_actions} models) -> {out}"
     )
+    replicas = sorted({str(r) for r in data.replica if r}) if data.replica is not None else []
+    if len(replicas) > 1:  # several replicas wrote this log: who decided how much
+        counts = {r: int((data.replica == r).sum()) for r in replicas}
+        print("by replica: " + ", ".join(f"{r} {n}" for r, n in counts.items()))
     return 0
 
 
@@ -162,7 +168,15 @@ def main(args: Sequence[str]) -> int:
             resolve=resolve_artifact,
             handle_sighup=True,
         )
-    except (ArtifactError, SettingsError, UpstreamConfigError, FileNotFoundError, RuntimeError) as err:
+    except (
+        ArtifactError,
+        SettingsError,
+        UpstreamConfigError,
+        FileNotFoundError,
+        RuntimeError,
+        ConnectionError,  # a postgresql:// decision log that cannot be reached
+        ImportError,  # ... or without psycopg installed
+    ) as err:
         return _fail(err)
     from router_rl.serve.server import uvicorn_options
 

@@ -1,5 +1,6 @@
-"""The decision log: every routing decision and its feedback, in one sqlite file (WAL), read back as logged
-bandit data for off-policy evaluation and retraining.
+"""The decision log: every routing decision and its feedback, in one sqlite file (WAL) or one PostgreSQL
+database that several replicas share (:mod:`router_rl.serve.log_backends`: ``--log-db`` is a path or a URL),
+read back as logged bandit data for off-policy evaluation and retraining.
 
 Tables:
     ``decisions``: one row per decision: ``decision_id``, time, endpoint, policy version, the artifact's ordered
@@ -7,24 +8,25 @@ Tables:
     decision ``scores`` and the policy's predicted quality and cost for every model (JSON lists aligned with
     ``models``; null for excluded models' scores), ``cost_weight``, ``cost_scale``, the request's limits, the
     prompt's sha256 (the prompt text and the embedding only when asked), the API key name, and what happened
-    upstream (``answered_by``, ``status``, ``attempts``, tokens, ``cost_usd``, ``latency_s``).
+    upstream (``answered_by``, ``status``, ``attempts``, tokens, ``cost_usd``, ``latency_s``), and the
+    ``replica`` that decided.
     ``feedback``: one row per decision_id (the latest feedback wins): ``quality`` in [0, 1], optional
-    ``cost_usd`` and ``latency_s``, time.
+    ``cost_usd`` and ``latency_s``, time, and the ``replica`` that took it (any replica finds any decision).
 
 One writer thread owns the connection and commits in groups: everything queued while it was syncing the
 previous group goes into the next transaction (group commit), so under load one sync covers many rows.
-``synchronous=FULL`` in WAL mode syncs the log file on every commit. Producers never block: each operation
-is queued at once (a full queue refuses it) and returns a future that resolves once its group is committed
-and synced. The service awaits the futures of feedback and, by default, of decisions before answering, so
+``synchronous=FULL`` in WAL mode syncs the log file on every commit (PostgreSQL: ``synchronous_commit=on``
+flushes its WAL). Producers never block: each operation is queued at once (a full queue refuses it) and
+returns a future that resolves once its group is committed and synced. The service awaits the futures of feedback and, by default, of decisions before answering, so
 feedback and decision ids acknowledged to a client survive a crash or a SIGKILL of the server; outcomes are
 not awaited. Nothing here imports training-only code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -36,47 +38,18 @@ from typing import Any
 
 import numpy as np
 
+from router_rl.serve.log_backends import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
+from router_rl.serve.log_backends import (
+    SQLITE_SCHEMA,
+    connect_sqlite,
+    default_replica_id,
+    open_backend,
+    parse_log_url,
+)
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    policy_version TEXT NOT NULL,
-    models TEXT NOT NULL,
-    action INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    propensity REAL NOT NULL,
-    scores TEXT NOT NULL,
-    pred_quality TEXT NOT NULL,
-    pred_cost_usd TEXT NOT NULL,
-    cost_weight REAL NOT NULL,
-    cost_scale REAL NOT NULL,
-    limits TEXT NOT NULL,
-    prompt_sha256 TEXT NOT NULL,
-    prompt TEXT,
-    embedding BLOB,
-    api_key TEXT,
-    answered_by TEXT,
-    status TEXT,
-    attempts INTEGER,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    cost_usd REAL,
-    latency_s REAL
-);
-CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
-CREATE TABLE IF NOT EXISTS feedback (
-    decision_id TEXT PRIMARY KEY REFERENCES decisions (decision_id),
-    quality REAL NOT NULL,
-    cost_usd REAL,
-    latency_s REAL,
-    ts REAL NOT NULL
-);
-"""
+SCHEMA = SQLITE_SCHEMA  # the tables (sqlite dialect; log_backends has PostgreSQL's)
 DECISION_COLUMNS = (
     "decision_id",
     "ts",
@@ -96,6 +69,7 @@ DECISION_COLUMNS = (
     "prompt",
     "embedding",
     "api_key",
+    "replica",
 )
 OUTCOME_COLUMNS = (
     "answered_by",
@@ -117,22 +91,8 @@ class LogFull(RuntimeError):
 
 
 def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
-    """A connection in WAL mode with ``synchronous=FULL`` (every commit synced) and the schema in place."""
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.executescript(SCHEMA)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif int(row[0]) != SCHEMA_VERSION:
-        conn.close()
-        raise RuntimeError(
-            f"{path}: decision log schema version {row[0]}, this router-rl writes version {SCHEMA_VERSION}; "
-            "start with another --log-db"
-        )
-    return conn
+    """A sqlite connection in WAL mode with ``synchronous=FULL`` (every commit synced) and the schema in place."""
+    return connect_sqlite(path, timeout=timeout)
 
 
 @dataclass
@@ -143,22 +103,35 @@ class _Op:
 
 
 class DecisionLog:
-    """The asynchronous writer of one decision log file.
+    """The asynchronous writer of one decision log.
 
     Args:
-        path: the sqlite file (created with its folder).
+        path: ``sqlite:///path`` or a path (the file is created with its folder), or ``postgresql://...``
+            (a database several replicas share; the tables are created by the first).
+        replica: this writer's name on every row it writes (default ``hostname:pid``).
         max_queue: rows allowed to wait for the writer; decisions past it are dropped and counted.
         max_group: the most operations committed in one transaction.
     """
 
-    def __init__(self, path: str | Path, *, max_queue: int = 100_000, max_group: int = 512) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        replica: str | None = None,
+        max_queue: int = 100_000,
+        max_group: int = 512,
+    ) -> None:
+        self.target = parse_log_url(path)
+        self.path = self.target.path  # None for a database server
+        self.location = self.target.location  # printable: the path, or the URL without its password
+        self.replica = replica or default_replica_id()
         self.max_group = int(max_group)
         self.n_dropped = 0
         self.n_commits = 0
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=max_queue)
-        self._conn = connect(self.path)  # opened here so that a bad path fails at startup, not in the thread
+        self._backend = open_backend(
+            self.target
+        )  # here: a bad path or URL fails at startup, not in the thread
         self._thread = threading.Thread(target=self._run, name="router-rl-decision-log", daemon=True)
         self._thread.start()
 
@@ -167,6 +140,7 @@ class DecisionLog:
         """Queue a decision row (keys: :data:`DECISION_COLUMNS`). The future resolves once the row is committed
         and synced; it holds :class:`LogFull` at once when the queue is full (the row is dropped and counted)."""
         future: Future = Future()
+        row = {**row, "replica": row.get("replica") or self.replica}
         if not self._put(_Op("decision", tuple(row.get(c) for c in DECISION_COLUMNS), future)):
             future.set_exception(LogFull("the decision log writer is behind; the decision was not logged"))
         return future
@@ -187,7 +161,8 @@ class DecisionLog:
         """Queue feedback; the future resolves once it is committed and synced (raises :class:`UnknownDecision`
         for an unknown id, :class:`LogFull` when the queue is full)."""
         future: Future = Future()
-        op = _Op("feedback", (decision_id, float(quality), cost_usd, latency_s, time.time()), future)
+        args = (decision_id, float(quality), cost_usd, latency_s, time.time(), self.replica)
+        op = _Op("feedback", args, future)
         try:
             self._queue.put_nowait(op)
         except queue.Full:
@@ -205,7 +180,7 @@ class DecisionLog:
         if self._thread.is_alive():
             self._queue.put(None, timeout=timeout)
             self._thread.join(timeout)
-        self._conn.close()
+        self._backend.close()
 
     def _put(self, op: _Op) -> bool:
         try:
@@ -235,40 +210,45 @@ class DecisionLog:
             self._commit(group)
 
     def _commit(self, group: list[_Op]) -> None:
-        conn = self._conn
+        db = self._backend
         results: list[tuple[Future, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            db.begin()  # reopens a connection lost since the last group (a database server restarted)
             for op in group:
                 if op.kind == "decision":
-                    conn.execute(
-                        f"INSERT OR IGNORE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})",
+                    db.execute(
+                        f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))}) ON CONFLICT (decision_id) DO NOTHING",
                         op.args,
                     )
                     results.append((op.future, None))  # type: ignore[arg-type]
                 elif op.kind == "outcome":
-                    conn.execute(
+                    db.execute(
                         f"UPDATE decisions SET {', '.join(f'{c} = ?' for c in OUTCOME_COLUMNS)} WHERE decision_id = ?",
                         op.args,
                     )
                 elif op.kind == "feedback":
-                    known = conn.execute(
+                    known = db.execute(
                         "SELECT 1 FROM decisions WHERE decision_id = ?", (op.args[0],)
                     ).fetchone()
                     if known is None:
                         results.append((op.future, UnknownDecision(op.args[0])))  # type: ignore[arg-type]
                         continue
-                    conn.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)", op.args)
+                    db.execute(
+                        "INSERT INTO feedback (decision_id, quality, cost_usd, latency_s, ts, replica)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (decision_id) DO UPDATE SET"
+                        " quality = excluded.quality, cost_usd = excluded.cost_usd,"
+                        " latency_s = excluded.latency_s, ts = excluded.ts, replica = excluded.replica",
+                        op.args,
+                    )
                     results.append((op.future, None))  # type: ignore[arg-type]
                 else:  # flush
                     results.append((op.future, None))  # type: ignore[arg-type]
-            conn.execute("COMMIT")  # synchronous=FULL: the WAL is synced before this returns
+            db.commit()  # sqlite synchronous=FULL / PostgreSQL synchronous_commit: on disk when this returns
             self.n_commits += 1
-        except sqlite3.Error as err:
+        except (*db.errors, ConnectionError) as err:
             log.exception("decision log commit failed; %d operations lost", len(group))
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            db.rollback()
             results = [(op.future, err) for op in group if op.future is not None]
         for future, error in results:
             if future is None:
@@ -306,6 +286,7 @@ class LoggedBanditData:
         answered_by: (n,) str, the model that answered upstream ('' when the decision was not served here).
         prompts: (n,) str or None when the log holds no prompt text (``--log-prompts`` off).
         contexts: (n, d) float32 embeddings or None when the log holds none (``--log-embeddings`` off).
+        replica: (n,) str, the replica that made each decision ('' in logs older than the column).
     """
 
     models: list[str]
@@ -327,6 +308,7 @@ class LoggedBanditData:
     answered_by: np.ndarray
     prompts: np.ndarray | None
     contexts: np.ndarray | None
+    replica: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -379,6 +361,8 @@ class LoggedBanditData:
             "latency_s": self.latency_s,
             "answered_by": self.answered_by,
         }
+        if self.replica is not None:
+            cols["replica"] = self.replica
         if self.prompts is not None:
             cols["prompt"] = self.prompts
         for k, m in enumerate(self.models):
@@ -389,7 +373,7 @@ class LoggedBanditData:
 
 
 def read_logged_bandit_data(
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     policy_version: str | None = None,
     since: float | None = None,
@@ -400,7 +384,7 @@ def read_logged_bandit_data(
     """Read a decision log back as :class:`LoggedBanditData`, oldest decision first.
 
     Args:
-        path: the sqlite file the server wrote (``--log-db``).
+        path: the log the server wrote (``--log-db``: a sqlite path or URL, or ``postgresql://...``).
         policy_version: keep only decisions of this policy version.
         since, until: keep decisions with ``since <= timestamp < until`` (unix seconds).
         require_feedback: keep only decisions that have feedback.
@@ -408,10 +392,7 @@ def read_logged_bandit_data(
             failure made the server fall back). Off by default: their outcome belongs to another action than
             the one whose propensity was logged, so they would bias off-policy estimates.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no decision log there (the server's --log-db)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    db = open_backend(path, read_only=True)  # a missing sqlite file: FileNotFoundError
     try:
         where, params = [], []
         if policy_version is not None:
@@ -430,14 +411,14 @@ def read_logged_bandit_data(
         sql = (
             "SELECT d.decision_id, d.ts, d.policy_version, d.prompt_sha256, d.models, d.model, d.propensity,"
             " d.cost_weight, d.cost_scale, d.scores, d.pred_quality, d.pred_cost_usd, d.prompt, d.embedding,"
-            " d.answered_by, d.cost_usd, d.latency_s, f.quality, f.cost_usd, f.latency_s"
+            " d.answered_by, d.cost_usd, d.latency_s, f.quality, f.cost_usd, f.latency_s, d.replica"
             " FROM decisions d LEFT JOIN feedback f ON f.decision_id = d.decision_id"
             + (f" WHERE {' AND '.join(where)}" if where else "")
-            + " ORDER BY d.ts, d.rowid"
+            + f" ORDER BY d.ts, {db.order_tiebreak}"
         )
-        rows = conn.execute(sql, params).fetchall()
+        rows = db.fetchall(sql, params)
     finally:
-        conn.close()
+        db.close()
 
     models: list[str] = []
     index: dict[str, int] = {}
@@ -473,7 +454,7 @@ def read_logged_bandit_data(
         prompts = np.array([r[12] for r in rows], dtype=object)
     contexts = None
     if rows and all(r[13] is not None for r in rows):
-        contexts = np.stack([np.frombuffer(r[13], dtype=np.float32) for r in rows])
+        contexts = np.stack([np.frombuffer(bytes(r[13]), dtype=np.float32) for r in rows])
     return LoggedBanditData(
         models=models,
         decision_id=np.array([r[0] for r in rows], dtype=object),
@@ -494,10 +475,11 @@ def read_logged_bandit_data(
         answered_by=np.array([r[14] or "" for r in rows], dtype=object),
         prompts=prompts,
         contexts=contexts,
+        replica=np.array([r[20] or "" for r in rows], dtype=object),
     )
 
 
-def export_logged_data(db: str | Path, out: str | Path, **filters: Any) -> Path:
+def export_logged_data(db: str | os.PathLike[str], out: str | Path, **filters: Any) -> Path:
     """Write the logged bandit data of ``db`` to ``out``: ``.parquet``/``.csv`` (one row per decision, via
     :meth:`LoggedBanditData.to_frame`) or ``.npz`` (the arrays, ``models`` included)."""
     data = read_logged_bandit_data(db, **filters)
@@ -509,9 +491,10 @@ def export_logged_data(db: str | Path, out: str | Path, **filters: Any) -> Path:
             k: v
             for k, v in data.__dict__.items()
             if isinstance(v, np.ndarray)
-            and k not in ("prompts", "decision_id", "policy_version", "prompt_sha256", "answered_by")
+            and k
+            not in ("prompts", "decision_id", "policy_version", "prompt_sha256", "answered_by", "replica")
         }
-        for k in ("decision_id", "policy_version", "prompt_sha256", "answered_by"):
+        for k in ("decision_id", "policy_version", "prompt_sha256", "answered_by", "replica"):
             arrays[k] = np.asarray(getattr(data, k), dtype=str)
         if data.prompts is not None:
             arrays["prompts"] = np.asarray(data.prompts, dtype=str)

@@ -89,7 +89,15 @@ class ServeSettings:
         2.0, "how long a batch's first request waits for company, when the previous batch had some"
     )
     max_queue: int = opt(2_048, "requests waiting for a decision before new ones get 503")
-    log_db: str | None = opt("router-rl-decisions.sqlite", 'decision log (sqlite, WAL); "" or none: no log')
+    log_db: str | None = opt(
+        "router-rl-decisions.sqlite",
+        "decision log: a sqlite path or sqlite:///PATH (WAL), or postgresql://USER@HOST:PORT/DB shared by "
+        'several replicas (feedback to any replica finds its decision); "" or none: no log',
+    )
+    replica_id: str | None = opt(
+        None,
+        "this replica's name on its decision-log rows (decisions, feedback, spend); default hostname:pid",
+    )
     log_prompts: bool = opt(False, "store prompt text in the decision log (else only its sha256)")
     log_embeddings: bool = opt(False, "store the prompt embedding in the decision log (contexts for OPE)")
     explore_epsilon: float = opt(
@@ -223,6 +231,13 @@ class ServeSettings:
             raise bad("judge_max_retries", "an integer >= 0")
         if self.sticky_max_conversations < 1:
             raise bad("sticky_max_conversations", "an integer >= 1")
+        if self.log_db:
+            from router_rl.serve.log_backends import LogURLError, parse_log_url
+
+            try:
+                parse_log_url(self.log_db)
+            except LogURLError as err:  # its message hides a URL's password
+                raise SettingsError(f"setting log_db: {err}") from None
         if not (math.isfinite(self.explore_softmax_temperature) and self.explore_softmax_temperature >= 0):
             raise bad("explore_softmax_temperature", "a temperature >= 0 (0: off)")
         if not (math.isfinite(self.explore_bonus) and self.explore_bonus >= 0):
@@ -304,6 +319,9 @@ def convert(name: str, text: str, where: str) -> Any:
             return float(text)
         except ValueError:
             raise SettingsError(f"{where}={text!r}: expected a number") from None
-    if name in ("log_db", "upstream", "upstreams", "admin_token") and text.strip().lower() in ("", "none"):
+    if name in ("log_db", "replica_id", "upstream", "upstreams", "admin_token") and text.strip().lower() in (
+        "",
+        "none",
+    ):
         return None
     return text
