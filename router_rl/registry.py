@@ -20,6 +20,8 @@ imports this file (the CLI imports it for ``models:/`` arguments only).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -31,8 +33,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pydantic
+
+try:
+    import mlflow.pyfunc
+
+    _PythonModel: type = mlflow.pyfunc.PythonModel
+except ModuleNotFoundError:  # the serving install (router-rl without [train]): say so when MLflow is needed
+    mlflow = None  # type: ignore[assignment]
+    _PythonModel = object
 
 from router_rl.serve.artifact import MANIFEST, ArtifactError, load_artifact
 
@@ -137,7 +146,7 @@ def limits_from_params(params: dict[str, Any] | None) -> dict[str, Any]:
 # no type hints on predict: MLflow warns once that it could infer a signature from them, but this model's
 # signature is explicit (model_signature: type hints cannot express params), and MLflow 3.17 failed to serialize
 # this class with a hinted predict
-class RouterModel(mlflow.pyfunc.PythonModel):
+class RouterModel(_PythonModel):
     """Routes prompts with the packaged artifact: ``predict(prompts, params={...})`` returns, per prompt, what
     :meth:`Router.decide` returns for those limits, as a dict (``Decision.to_dict()``)."""
 
@@ -156,6 +165,13 @@ class RouterModel(mlflow.pyfunc.PythonModel):
         return [d.to_dict() for d in decisions]
 
 
+def _require_mlflow(what: str) -> None:
+    if mlflow is None:
+        raise RuntimeError(
+            f'{what} needs MLflow, which comes with the training extra: pip install "router-rl[train]"'
+        )
+
+
 def project_root() -> Path | None:
     """The source tree of this router-rl (an editable install or a checkout), or None for an installed wheel."""
     root = Path(__file__).resolve().parents[1]
@@ -167,8 +183,33 @@ def project_root() -> Path | None:
     return root if name == "router-rl" else None
 
 
+SOURCE_DIRS = ("router_rl", "envs", "policies", "serve", "configs")  # what the wheel is built from
+
+
+def source_digest(root: str | Path) -> str:
+    """sha256 over the files a wheel is built from (the package folders, pyproject.toml, README.md)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    files = [root / "pyproject.toml", root / "README.md"]
+    for folder in SOURCE_DIRS:
+        files += sorted(
+            p
+            for p in (root / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        )
+    for path in files:
+        if path.is_file():
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def build_wheel(out_dir: str | Path, root: str | Path | None = None) -> Path:
-    """The project's wheel, built with ``pip wheel --no-deps`` from its source tree into ``out_dir``."""
+    """The project's wheel, built with ``pip wheel --no-deps`` from its source tree into ``out_dir``.
+
+    A wheel built from the same sources before (``$ROUTER_RL_CACHE/wheels/<source sha256>/``) is copied
+    instead: registering after every training run rebuilds only when the code changed."""
+    from router_rl.embeddings import default_cache_dir
+
     root = Path(root) if root is not None else project_root()
     if root is None:
         raise ArtifactError(
@@ -177,14 +218,24 @@ def build_wheel(out_dir: str | Path, root: str | Path | None = None) -> Path:
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out)]
-    proc = subprocess.run([*base, "--no-build-isolation", str(root)], capture_output=True, text=True)
-    if proc.returncode != 0:  # no setuptools/wheel in this environment: let pip fetch the build backend
-        proc = subprocess.run([*base, str(root)], capture_output=True, text=True)
-    wheels = sorted(out.glob("router_rl-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise ArtifactError(f"building router-rl's wheel from {root} failed:\n{proc.stderr[-2000:]}")
-    return wheels[-1]
+    cache = default_cache_dir() / "wheels" / source_digest(root)
+    cached = sorted(cache.glob("router_rl-*.whl")) if cache.is_dir() else []
+    if cached:
+        return Path(shutil.copy2(cached[-1], out))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp]
+        proc = subprocess.run([*base, "--no-build-isolation", str(root)], capture_output=True, text=True)
+        if proc.returncode != 0:  # no setuptools/wheel in this environment: let pip fetch the build backend
+            proc = subprocess.run([*base, str(root)], capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("router_rl-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ArtifactError(f"building router-rl's wheel from {root} failed:\n{proc.stderr[-2000:]}")
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next build
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = cache / (wheels[-1].name + ".partial")
+            shutil.copy2(wheels[-1], partial)
+            os.replace(partial, cache / wheels[-1].name)
+        return Path(shutil.copy2(wheels[-1], out))
 
 
 def register_artifact(
@@ -214,6 +265,7 @@ def register_artifact(
     Returns:
         the ``ModelVersion`` (``.version`` is the number to put in ``models:/NAME/VERSION``).
     """
+    _require_mlflow("registering a model")
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -283,6 +335,7 @@ def resolve_model_uri(
     verifies it; raises :class:`ArtifactError` with a clear message for an unknown model or version, or for a
     registered model that holds no router artifact.
     """
+    _require_mlflow(f"{uri}: a models:/ URI")
     import mlflow
     from mlflow.exceptions import MlflowException
 
