@@ -260,6 +260,7 @@ class Embedder:
         self._memory = _LRU(memory_cache_size) if memory_cache_size > 0 else None
         self._model = static_encoder
         self._windows: _Windows | None = None
+        self._templates: dict[str, np.ndarray] = {}  # affix_mode pool: the matched affixes' embeddings
         self._load_lock = threading.Lock()
         self.n_encoded = 0  # texts actually run through the encoder (cache misses), for tests and logs
 
@@ -313,6 +314,7 @@ class Embedder:
         ``representation``, with a memory cache of its own: a reloaded artifact keeps the model in memory."""
         twin = copy.copy(self)
         twin.representation = representation
+        twin._templates = {}
         twin._memory = _LRU(self._memory.size) if self._memory is not None else None
         twin.n_encoded = 0
         return twin
@@ -381,20 +383,38 @@ class Embedder:
 
     # ------------------------------------------------------------------ encoding
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts`` under the representation: affixes off, then the window."""
+        """Embeddings of ``texts`` under the representation: affixes off (``pool``: their own embedding added
+        back with equal weight), then the window."""
         model = self._load()
         self.n_encoded += len(texts)
         rep = self.representation
-        stripped = [rep.remove_affixes(t) for t in texts] if rep.prefixes or rep.suffixes else list(texts)
+        if not (rep.prefixes or rep.suffixes):
+            return self._encode_windowed(model, list(texts))
+        parts = [rep.split(t) for t in texts]
+        x = self._encode_windowed(model, [core for core, _ in parts])
+        if rep.affix_mode == "pool":
+            known = self._templates  # a few learned affixes: encoded once each, kept
+            new = sorted({t for _, t in parts if t and t not in known})
+            if new:
+                known.update(zip(new, self._encode_windowed(model, new), strict=True))
+            if any(t for _, t in parts):
+                vectors = known
+                rows = [i for i, (_, t) in enumerate(parts) if t]
+                x[rows] = normalise(x[rows] + np.stack([vectors[parts[i][1]] for i in rows]))
+        return x
+
+    def _encode_windowed(self, model, texts: list[str]) -> np.ndarray:
+        """Unit embeddings of ``texts`` under the representation's window (affixes already handled)."""
+        rep = self.representation
         if self.backend == "static":
             if rep.window == "head":
-                return model.encode(stripped)
-            pieces, owner = self._pieces(model.token_ids(stripped), None)
+                return model.encode(texts)
+            pieces, owner = self._pieces(model.token_ids(texts), None)
             return normalise(_pool_sums(model.sums(pieces), owner, len(texts)))
         if not rep.needs_tokens:
-            return self._encode_texts(model, stripped)
+            return self._encode_texts(model, texts)
         windows = self._token_windows(model)
-        pieces, owner = self._pieces(windows.content_ids(stripped), windows.budget)
+        pieces, owner = self._pieces(windows.content_ids(texts), windows.budget)
         vectors = self._encode_wrapped(model, [windows.wrap(p) for p in pieces])
         weights = np.array([max(1, len(p)) for p in pieces], dtype=np.float32)[:, None]
         return normalise(_pool_sums(vectors * weights, owner, len(texts)))

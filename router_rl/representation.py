@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 WINDOWS = ("head", "head_tail", "chunks")
+AFFIX_MODES = ("drop", "pool")
 VERSION = 1  # bump when apply() changes meaning for the same fields
 WHITESPACE = " \t\n\r\f\v"
 
@@ -49,6 +50,8 @@ class Representation:
         tail_tokens: ``head_tail``: tokens kept from the end.
         chunk_tokens: ``chunks``: tokens per chunk.
         max_chunks: ``chunks``: most chunks per prompt (the first ``max_chunks - 1`` and the last).
+        affix_mode: ``drop`` (encode only what varies) or ``pool`` (what varies plus the matched affixes'
+            own embedding, equal weights: prompts keep which template they came with).
         learned: how the affixes were learned (settings and counts), for the record only.
     """
 
@@ -59,6 +62,7 @@ class Representation:
     tail_tokens: int = 0
     chunk_tokens: int = 0
     max_chunks: int = 8
+    affix_mode: str = "drop"
     learned: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,8 @@ class Representation:
             out.update(head_tokens=self.head_tokens, tail_tokens=self.tail_tokens)
         elif self.window == "chunks":
             out.update(chunk_tokens=self.chunk_tokens, max_chunks=self.max_chunks)
+        if self.affix_mode != "drop":
+            out["affix_mode"] = self.affix_mode
         out.update(prefixes=list(self.prefixes), suffixes=list(self.suffixes))
         return out
 
@@ -102,6 +108,8 @@ class Representation:
         else:
             label = "head"
         n_p, n_s = len(self.prefixes), len(self.suffixes)
+        if (n_p or n_s) and self.affix_mode == "pool":
+            label += ", affixes pooled"
         if n_p:
             label += f", {n_p} prefix{'es' if n_p > 1 else ''}"
         if n_s:
@@ -125,7 +133,15 @@ class Representation:
             return cls()
         if not isinstance(block, dict):
             raise RepresentationError(f"representation must be an object, got {type(block).__name__}")
-        known = {"version", "window", "head_tokens", "tail_tokens", "chunk_tokens", "max_chunks"}
+        known = {
+            "version",
+            "window",
+            "head_tokens",
+            "tail_tokens",
+            "chunk_tokens",
+            "max_chunks",
+            "affix_mode",
+        }
         known |= {"prefixes", "suffixes", "learned"}
         unknown = sorted(set(block) - known)
         if unknown:
@@ -154,6 +170,7 @@ class Representation:
             tail_tokens=block.get("tail_tokens", 0),
             chunk_tokens=block.get("chunk_tokens", 0),
             max_chunks=block.get("max_chunks", 8),
+            affix_mode=block.get("affix_mode", "drop"),
             learned=learned,
         )
 
@@ -165,16 +182,21 @@ class Representation:
     # ------------------------------------------------------------------ applying
     def remove_affixes(self, text: str) -> str:
         """``text`` without its longest learned prefix and suffix; ``text`` itself when nothing else remains."""
-        out = text
+        return self.split(text)[0]
+
+    def split(self, text: str) -> tuple[str, str]:
+        """(what varies, the affixes it matched: prefix + suffix, '' when none): ``text`` less its longest
+        learned prefix and suffix; (``text``, '') when nothing else would remain."""
+        out, prefix, suffix = text, "", ""
         for p in self.prefixes:  # longest first
             if out.startswith(p):
-                out = out[len(p) :]
+                out, prefix = out[len(p) :], p
                 break
         for s in self.suffixes:
             if len(out) > len(s) and out.endswith(s):
-                out = out[: len(out) - len(s)]
+                out, suffix = out[: len(out) - len(s)], s
                 break
-        return out if out.strip() else text
+        return (out, prefix + suffix) if out.strip() else (text, "")
 
     def pieces(self, ids: Sequence[int], budget: int | None) -> list[list[int]]:
         """The token pieces the encoder runs for one prompt's content tokens ``ids`` (no special tokens).
@@ -204,6 +226,10 @@ class Representation:
 
 def check(rep: Representation) -> None:
     """Raise :class:`RepresentationError` when ``rep``'s window settings are out of range."""
+    if rep.affix_mode not in AFFIX_MODES:
+        raise RepresentationError(
+            f"representation affix_mode {rep.affix_mode!r} is unknown; expected one of {AFFIX_MODES}"
+        )
     if rep.window not in WINDOWS:
         raise RepresentationError(
             f"representation window {rep.window!r} is unknown; expected one of {WINDOWS}"
@@ -229,6 +255,7 @@ def from_config(cfg: Any) -> tuple[Representation, dict[str, Any]]:
         tail_tokens=int(cfg.get("tail_tokens", 0) or 0),
         chunk_tokens=int(cfg.get("chunk_tokens", 0) or 0),
         max_chunks=int(cfg.get("max_chunks", 8) or 8),
+        affix_mode=str(affixes.get("mode", "drop")),
     )
     learn = {
         "enabled": bool(affixes.get("enabled", False)),

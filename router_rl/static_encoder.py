@@ -126,25 +126,25 @@ class StaticEncoder:
         """Token ids of each text, special tokens not added."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
-    def sums(self, pieces: Sequence[Sequence[int]], block_tokens: int = 1 << 16) -> np.ndarray:
-        """(P, d) float32 sums of the token vectors of each piece of token ids (zero for an empty piece)."""
-        out = np.zeros((len(pieces), self.dim), dtype=np.float32)
+    def sums(self, pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        """(P, d) float32 sums of the token vectors of each piece of token ids (zero for an empty piece). Many
+        tokens: one sparse (P, V) token-count matrix times the (V, d) table, so no (tokens, d) copy is made."""
         lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
-        start = 0
-        while start < len(pieces):  # blocks of pieces holding about block_tokens tokens: bounded memory
-            stop, total = start, 0
-            while stop < len(pieces) and (stop == start or total + lengths[stop] <= block_tokens):
-                total += int(lengths[stop])
-                stop += 1
-            rows = [i for i in range(start, stop) if lengths[i] > 0]
-            if rows:
-                flat = np.fromiter(
-                    (t for i in rows for t in pieces[i]), dtype=np.int64, count=int(lengths[rows].sum())
-                )
-                offsets = np.concatenate([[0], np.cumsum(lengths[rows])[:-1]])
-                out[rows] = np.add.reduceat(self.vectors[flat], offsets, axis=0)
-            start = stop
-        return out
+        if lengths.sum() <= 4096:  # a request or a few: a gather per piece beats building a sparse matrix
+            out = np.zeros((len(pieces), self.dim), dtype=np.float32)
+            for i, piece in enumerate(pieces):
+                if len(piece):
+                    out[i] = self.vectors.take(piece, axis=0).sum(axis=0)
+            return out
+        from scipy.sparse import csr_matrix
+
+        indptr = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        flat = np.fromiter((t for p in pieces for t in p), dtype=np.int64, count=int(indptr[-1]))
+        counts = csr_matrix(
+            (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(pieces), len(self.vectors))
+        )
+        return np.asarray(counts @ self.vectors, dtype=np.float32)
 
     def encode(self, texts: Sequence[str], batch_size: int = 0) -> np.ndarray:  # noqa: ARG002 - API parity
         """(N, d) float32 unit vectors of ``texts``."""

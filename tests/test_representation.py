@@ -444,3 +444,26 @@ def test_a_malformed_embedder_block_is_refused_in_one_line(
     with pytest.raises(ArtifactError, match=message) as info:
         Router(path, device="cpu")
     assert "\n" not in str(info.value)
+
+
+def test_pooled_affixes_add_the_template_embedding_once() -> None:
+    """affix_mode pool: what varies plus the matched template's own embedding, equal weights; a prompt
+    without a template is encoded as it is."""
+    long_system = SYSTEM * 6
+    rep = Representation(prefixes=(long_system,), affix_mode="pool")
+    assert rep.split(long_system + "hello there") == ("hello there", long_system)
+    assert rep.split("plain text") == ("plain text", "")
+    pooled = Embedder(DEFAULT_ENCODER, device="cpu", representation=rep)
+    x = pooled.encode([long_system + "hello there", long_system + "good bye", "plain text"])
+    parts = Embedder(DEFAULT_ENCODER, device="cpu").encode(
+        ["hello there", "good bye", long_system, "plain text"]
+    )
+    for i in (0, 1):
+        want = parts[i] + parts[2]
+        np.testing.assert_allclose(x[i], want / np.linalg.norm(want), atol=1e-6)
+    np.testing.assert_allclose(x[2], parts[3], atol=1e-6)
+    assert list(pooled._templates) == [long_system]  # encoded once, kept for the next requests
+    assert Representation.from_manifest(rep.to_manifest()).affix_mode == "pool"
+    assert rep.fingerprint != Representation(prefixes=(long_system,)).fingerprint
+    with pytest.raises(RepresentationError, match="affix_mode 'keep' is unknown"):
+        Representation(affix_mode="keep")

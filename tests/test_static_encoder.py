@@ -76,9 +76,12 @@ def test_static_numpy_encoder_matches_an_embedding_bag_mean(static_model: Path) 
     want = np.stack([enc.vectors[i].mean(axis=0) for i in ids])
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     np.testing.assert_allclose(enc.encode(TEXTS[:2]), want, atol=1e-6)
-    # blocks of pieces split anywhere give the same sums
-    pieces = [[1, 2, 3], [], [4], list(range(5, 40))]
-    np.testing.assert_allclose(enc.sums(pieces, block_tokens=4), enc.sums(pieces), atol=1e-5)
+    # sums per piece, repeated tokens counted, empty pieces zero
+    pieces = [[1, 2, 3], [], [4, 4], list(range(5, 40))]
+    want = np.stack([enc.vectors[p].sum(axis=0) if p else np.zeros(enc.dim) for p in pieces])
+    np.testing.assert_allclose(enc.sums(pieces), want, atol=1e-5)
+    many = pieces * 200  # past the gather path: the sparse product
+    np.testing.assert_allclose(enc.sums(many), np.tile(want, (200, 1)), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ distillation
