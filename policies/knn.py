@@ -108,11 +108,22 @@ class KNNRouter:
         self.mem_x = np.zeros((0, self.dim))
         self.mem_y = np.zeros((0, len(self.models), 3))
         self.mem_seen = np.zeros((0, len(self.models)), dtype=bool)
+        self._memo: tuple[Any, np.ndarray] | None = None
+        self._version = 0  # bumped whenever the memory changes
 
     def estimates(self, x: np.ndarray) -> np.ndarray:
-        """(3, B, K) neighbour means of quality, normalised cost and latency (NaN: model never observed)."""
+        """(3, B, K) neighbour means of quality, normalised cost and latency (NaN: model never observed).
+
+        The last batch's estimates are kept until the memory changes, so a sweep of cost weights over the
+        same prompts searches the neighbours once."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        key = (x.shape, hash(x.tobytes()), len(self.mem_x), self._version)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
         sims = unit_rows(x) @ self.mem_x.T
-        return knn_means(sims, self.mem_y, self.mem_seen, self.k).transpose(2, 0, 1)
+        out = knn_means(sims, self.mem_y, self.mem_seen, self.k).transpose(2, 0, 1)
+        self._memo = (key, out)
+        return out
 
     def probs(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
@@ -153,6 +164,7 @@ class KNNRouter:
         self._remember(x, y, seen)
 
     def _remember(self, x: np.ndarray, y: np.ndarray, seen: np.ndarray) -> None:
+        self._version += 1
         keep = slice(max(0, len(self.mem_x) + len(x) - self.max_memory), None)
         self.mem_x = np.concatenate([self.mem_x, unit_rows(x)])[keep]
         self.mem_y = np.concatenate([self.mem_y, y])[keep]
@@ -161,6 +173,7 @@ class KNNRouter:
     def add_model(self, name: str) -> None:
         """Append model ``name`` with nothing remembered (never chosen greedily until observed)."""
         check_model_change(self, name, adding=True)
+        self._version += 1
         self.models.append(name)
         self.mem_y = np.pad(self.mem_y, ((0, 0), (0, 1), (0, 0)))
         self.mem_seen = np.pad(self.mem_seen, ((0, 0), (0, 1)))
@@ -168,6 +181,7 @@ class KNNRouter:
     def remove_model(self, name: str) -> None:
         """Drop model ``name``'s remembered outcomes (and rows where only it was observed)."""
         k = check_model_change(self, name, adding=False)
+        self._version += 1
         self.models.pop(k)
         self.mem_y, self.mem_seen = np.delete(self.mem_y, k, axis=1), np.delete(self.mem_seen, k, axis=1)
         rows = self.mem_seen.any(axis=1)
@@ -182,6 +196,7 @@ class KNNRouter:
         if x.shape != (n, self.dim) or y.shape != (n, k, 3) or seen.shape != (n, k):
             raise ValueError(f"knn state: expected x (M, {self.dim}), y (M, {k}, 3), seen (M, {k})")
         self.mem_x, self.mem_y, self.mem_seen = x.astype(np.float64), y.astype(np.float64), seen.astype(bool)
+        self._version += 1
 
     def config(self) -> dict[str, Any]:
         return {"k": self.k, "epsilon": self.epsilon, "max_memory": self.max_memory}
