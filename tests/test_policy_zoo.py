@@ -469,6 +469,34 @@ def test_vw_learns_with_cost_convention_and_returns_its_pmf() -> None:
     assert policy.probs(x, cost_weight=0.0).shape == (300, 3)
 
 
+def test_vw_workspaces_take_turns_acting_so_each_learns_its_trade_off() -> None:
+    """Trained at w = 1 (the free model is best there): with ``act="cycle"`` the w = 0 workspace acts half
+    the time and routes 93% of prompts to the right paid model at w = 0; when only the w = 1 workspace acts
+    (``act="nearest"``, the old behaviour) the w = 0 one learns off-policy from its choices: 79%."""
+    pytest.importorskip("vowpalwabbit", reason="optional peer: pip install vowpalwabbit")
+    from router_rl.policies.vw import VWPolicy
+
+    right = {}
+    for act in ("nearest", "cycle"):
+        policy = VWPolicy(
+            ["free", "good_if_pos", "good_if_neg"], DIM, cost_weights=[0.0, 1.0], seed=0, act=act
+        )
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            x = unit(32, int(rng.integers(1 << 30)))
+            actions, _ = sample_actions(policy.probs(x, cost_weight=1.0, explore=True), rng)
+            table = np.where(x[:, :1] > 0, [0.3, 0.9, 0.2], [0.3, 0.2, 0.9])
+            policy.update(
+                x, actions, table[np.arange(32), actions], np.array([0.0, 1.0, 1.0])[actions], np.zeros(32)
+            )
+        x = unit(300, 8)
+        right[act] = (policy.probs(x, cost_weight=0.0).argmax(1) == np.where(x[:, 0] > 0, 1, 2)).mean()
+        assert (policy.probs(x, cost_weight=1.0).argmax(1) == 0).all()  # at w = 1 the free model, either way
+    assert right["cycle"] > 0.9 and right["nearest"] < 0.85, right
+    with pytest.raises(ValueError, match="act must be"):
+        VWPolicy(["a", "b"], DIM, act="all")
+
+
 def test_offline_start_fits_supervised_routers_and_warm_starts_bandits() -> None:
     x, q, c = clustered(40, 5)
     lat = np.zeros_like(q)
