@@ -136,15 +136,34 @@ class StaticEncoder:
                 if len(piece):
                     out[i] = self.vectors.take(piece, axis=0).sum(axis=0)
             return out
-        from scipy.sparse import csr_matrix
-
         indptr = np.zeros(len(pieces) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         flat = np.fromiter((t for p in pieces for t in p), dtype=np.int64, count=int(indptr[-1]))
+        try:  # scipy comes with the training install; a serving-only one takes the numpy path below
+            from scipy.sparse import csr_matrix
+        except ImportError:
+            return self._block_sums(flat, lengths)
         counts = csr_matrix(
             (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(pieces), len(self.vectors))
         )
         return np.asarray(counts @ self.vectors, dtype=np.float32)
+
+    def _block_sums(self, flat: np.ndarray, lengths: np.ndarray, block: int = 1 << 15) -> np.ndarray:
+        """:meth:`sums` in numpy: gathered and reduced in blocks of about ``block`` tokens."""
+        out = np.zeros((len(lengths), self.dim), dtype=np.float32)
+        ends = np.cumsum(lengths)
+        start_piece, start_token = 0, 0
+        while start_piece < len(lengths):
+            stop = int(np.searchsorted(ends, start_token + block, side="right"))
+            stop = max(stop, start_piece + 1)
+            rows = np.arange(start_piece, stop)
+            rows = rows[lengths[rows] > 0]
+            if len(rows):
+                starts = ends[rows] - lengths[rows]
+                tokens = self.vectors[flat[starts[0] : ends[rows[-1]]]]
+                out[rows] = np.add.reduceat(tokens, starts - starts[0], axis=0)
+            start_token, start_piece = int(ends[stop - 1]), stop
+        return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 0) -> np.ndarray:  # noqa: ARG002 - API parity
         """(N, d) float32 unit vectors of ``texts``."""

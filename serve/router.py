@@ -21,6 +21,7 @@ from router_rl.serve.artifact import (
 )
 
 LIMIT_KEYS = ("cost_weight", "latency_weight", "candidates", "max_cost_usd", "latency_budget_s")
+INLINE_CHARS = 8000  # a static encoder's prompt up to this long is decided inline (about 0.5 ms at most)
 
 
 @dataclass
@@ -162,6 +163,15 @@ class Router:
         if v is None:
             return None
         x = v[None, :]
+        return self.decide_rows(x, [limits])[0], x
+
+    def decide_inline(self, prompt: str, limits: dict[str, Any]) -> tuple[Decision, np.ndarray] | None:
+        """The decision for ``prompt`` computed on the caller's thread when the encoder is a token lookup and
+        the prompt is at most :data:`INLINE_CHARS` long (tens to hundreds of microseconds, cheap enough for
+        the event loop), else None. Same decision as :meth:`decide_requests`."""
+        if self.embedder.kind != "static" or len(prompt) > INLINE_CHARS:
+            return None
+        x = self.embed([prompt])
         return self.decide_rows(x, [limits])[0], x
 
     def decide_rows(self, x: np.ndarray, limits: list[dict[str, Any]]) -> list[Decision]:

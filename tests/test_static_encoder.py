@@ -80,8 +80,11 @@ def test_static_numpy_encoder_matches_an_embedding_bag_mean(static_model: Path) 
     pieces = [[1, 2, 3], [], [4, 4], list(range(5, 40))]
     want = np.stack([enc.vectors[p].sum(axis=0) if p else np.zeros(enc.dim) for p in pieces])
     np.testing.assert_allclose(enc.sums(pieces), want, atol=1e-5)
-    many = pieces * 200  # past the gather path: the sparse product
+    many = pieces * 200  # past the gather path: the sparse product, and numpy's blocks without scipy
     np.testing.assert_allclose(enc.sums(many), np.tile(want, (200, 1)), atol=1e-5)
+    lengths = np.array([len(p) for p in many])
+    flat = np.array([t for p in many for t in p])
+    np.testing.assert_allclose(enc._block_sums(flat, lengths, block=37), np.tile(want, (200, 1)), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ distillation
@@ -160,6 +163,14 @@ def test_static_artifact_carries_its_encoder_and_serves_what_training_encoded(
     router = Router(out, device="cpu", encoder_backend="auto")
     assert router.embedder.backend == "static" and router.embedder.model_name == distilled["id"]
     np.testing.assert_array_equal(router.embed(texts), x)  # the very same vectors
+    limits = [{"cost_weight": w} for w in (0.0, 0.1, 5.0, 0.3)]
+    batched, _ = router.decide_requests(texts, limits)
+    for text, lim, want in zip(texts, limits, batched, strict=True):  # decided inline on the event loop
+        got, row = router.decide_inline(text, lim)
+        assert got.model == want.model  # one row through the head instead of four: float32 rounding only
+        assert got.scores == pytest.approx(want.scores, rel=1e-5, abs=1e-5)
+        np.testing.assert_array_equal(row[0], router.embed([text])[0])
+    assert router.decide_inline("x" * 9000, limits[0]) is None  # long prompts go to the batcher's thread
     with pytest.raises(ArtifactError, match="static token lookup: it runs on encoder backend auto or static"):
         Router(out, device="cpu", encoder_backend="onnx")
     weights = out / block["files"]["weights"]
