@@ -1,0 +1,278 @@
+"""Does the default policy win? It against every policy and yardstick, on the bundled data and on held-out
+stress variants, with paired bootstrap intervals over prompts.
+
+For each dataset or variant: every policy is trained per fold (as ``router-rl eval`` does: bandits from
+bandit feedback in the simulator, supervised routers and warm starts from the training prompts' full
+outcomes) over ``--seeds``, evaluated on the held-out prompts over the cost-weight sweep; beside them the
+yardsticks: the zero router (hull of the single models), the best single model, ``logreg`` (per-model
+logistic regression, full information), ``task_mean`` (each model's mean per task, where the data has more
+than one task) and the oracle. Then the paired bootstrap (:func:`router_rl.metrics.paired_bootstrap_aiq`)
+of the default's AIQ minus every other router's.
+
+Tuning and held-out data: the policies' settings were tuned on ``arena`` only (5-fold AIQ). Everything else
+is held out, never looked at while choosing settings:
+
+- ``routellm``: the bundled GPT-4 vs Mixtral data (15,521 prompts, a seeded 80/20 split).
+- ``routellm-gsm8k``, ``routellm-mtbench``: one benchmark each (1,319 and 160 prompts, 5-fold).
+- ``routellm-mmlu1500``: 1,500 MMLU prompts drawn across its 57 subjects (the task column), 5-fold.
+- ``routellm-mix300``: 300 prompts drawn from all three benchmarks (few prompts, mixed tasks), 5-fold.
+- ``arena-skewed``: arena's 16 models with every model's prices multiplied by a seeded log-normal factor
+  (sd 1 in log space, ~2.7x either way): the cost-quality frontier changes, the grades do not. Its grades
+  are the tuning set's, so it tests the settings against new prices only.
+
+Usage:
+
+    python experiments/default_wins.py                          # every variant, 3 seeds (hours on 2 cores)
+    python experiments/default_wins.py --variants arena routellm-gsm8k --seeds 0
+    python experiments/default_wins.py --policies lowrank_warm logreg linucb --n-boot 500
+
+Writes ``experiments/results/default_wins.json`` (per variant: the aggregated report with every seed's
+points, and the bootstrap comparisons) and ``experiments/results/default_wins.md`` (the tables). Variants
+already in the JSON are kept unless run again, so variants can be run one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+
+from router_rl import training as T  # noqa: E402
+from router_rl.evaluation import aggregate_reports, build_report, to_json  # noqa: E402
+from router_rl.policies.oracle import Oracle  # noqa: E402
+from router_rl.reward import default_cost_scale  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+BUNDLED = {"arena": "arena", "routellm": "routellm"}
+VARIANTS = [
+    "arena",
+    "routellm",
+    "routellm-gsm8k",
+    "routellm-mtbench",
+    "routellm-mmlu1500",
+    "routellm-mix300",
+    "arena-skewed",
+]
+ZOO = [
+    "default",
+    "linucb",
+    "lin_ts",
+    "lin_ts_warm",
+    "eps_greedy",
+    "neural_ts",
+    "knn",
+    "mlp",
+    "logreg",
+    "zero_router",
+    "random",
+]
+TWO_MODEL_EXTRA = ["routellm_mf"]
+
+
+class _NoTracker:
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def compose_cfg(data: str, overrides: list[str]) -> Any:
+    with initialize_config_module("router_rl.configs", version_base=None):
+        cfg = compose("eval", overrides=[f"data={data}", "mlflow.enabled=false", *overrides])
+    rep = cfg.embedder.get("representation")
+    if rep is not None and "affixes" in rep:  # the plain prompts: this study is about the policies
+        rep.affixes.enabled = False
+    return cfg
+
+
+def variant_setup(name: str, base: T.Setup, cfg: Any) -> T.Setup:
+    """A held-out variant of a bundled dataset's setup: a subset of its prompts or rescaled prices."""
+    data = base.data
+    rng = np.random.default_rng(2024)
+    groups = None if data.groups is None else np.asarray(data.groups).astype(str)
+    if name == "arena-skewed":
+        factor = np.exp(rng.normal(0.0, 1.0, size=data.n_models))
+        sub = dataclasses.replace(data, name=name, cost_usd=data.cost_usd * factor)
+        rows = np.arange(data.n_prompts)
+    else:
+        if name == "routellm-gsm8k":
+            rows = np.flatnonzero(groups == "routellm/gsm8k")
+        elif name == "routellm-mtbench":
+            rows = np.flatnonzero(np.char.startswith(groups, "routellm/mt_bench"))
+        elif name == "routellm-mmlu1500":
+            rows = np.sort(
+                rng.choice(np.flatnonzero(np.char.startswith(groups, "routellm/mmlu")), 1500, replace=False)
+            )
+        elif name == "routellm-mix300":
+            rows = np.sort(rng.choice(data.n_prompts, 300, replace=False))
+        else:
+            raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
+        sub = dataclasses.replace(data.take(rows), name=name)
+    scheme, split_label, plan, final_rows = T.evaluation_plan(sub, cfg.evaluation, cfg.data)
+    return dataclasses.replace(
+        base,
+        data=sub,
+        embeddings=base.embeddings[rows],
+        scheme=scheme,
+        split_label=split_label,
+        plan=plan,
+        final_rows=final_rows,
+        cost_scale=default_cost_scale(sub.cost_usd[final_rows]),
+    )
+
+
+def learners_for(cfg: Any, options: list[str]) -> dict[str, T.PolicyFactory]:
+    """Report label -> factory for ``configs/policy/<option>.yaml`` (``default``: the train.yaml policy)."""
+    out: dict[str, T.PolicyFactory] = {}
+    for option in options:
+        if option == "default":
+            label = "default"
+
+            def factory(models: list[str], dim: int, seed: int) -> Any:
+                return T.make_policy(T._with_seed(cfg, seed).policy, models, dim)
+        else:
+            label = T.policy_label(T.policy_option(option, None, root=cfg))
+
+            def factory(models: list[str], dim: int, seed: int, option: str = option) -> Any:
+                return T.make_policy(T.policy_option(option, None, root=cfg, seed=seed), models, dim)
+
+        out[label] = factory
+    return out
+
+
+def run_variant(
+    name: str, setup: T.Setup, cfg: Any, options: list[str], seeds: list[int], n_boot: int
+) -> dict:
+    t0 = time.perf_counter()
+    data = setup.data
+    if data.n_models == 2:
+        options = [*options, *[o for o in TWO_MODEL_EXTRA if o not in options]]
+    learners = learners_for(cfg, options)
+    oracle = Oracle(data.quality, data.cost_usd, setup.cost_scale)
+    oracle_probs = {w: oracle.probs(setup.test_rows, cost_weight=w) for w in setup.weights}
+    fixed = T.yardsticks(setup, cfg)
+    per_seed, stats = [], {}
+    for seed in seeds:
+        probs, st, _ = T.cross_fit(setup, learners, cfg=cfg, seed=seed, bar=None, tracker=_NoTracker())
+        stats = stats or st
+        per_seed.append(probs)
+        print(f"[default_wins] {name}: seed {seed} done at {time.perf_counter() - t0:.0f}s", flush=True)
+
+    def report_of(p: dict, max_cost: float | None) -> dict:
+        return build_report(
+            data, setup.test_rows, {**p, **fixed}, scheme=setup.scheme, split=setup.split_label,
+            cost_scale=setup.cost_scale, oracle_probs=oracle_probs, max_cost=max_cost,
+        )  # fmt: skip
+
+    reports = [report_of(p, None) for p in per_seed]
+    largest = max(r["max_cost_usd"] for r in reports)
+    reports = [report_of(p, largest) for p in per_seed]
+    report = aggregate_reports(reports, seeds)
+    cfg.evaluation.bootstrap.n_boot = int(n_boot)
+    report["comparisons"] = T.compare_with_rivals(per_seed, fixed, "default", setup, largest, cfg)
+    report["train"] = {n: T._mean_stats(s) for n, s in stats.items()}
+    report["wall_seconds"] = time.perf_counter() - t0
+    report["default_policy"] = json.loads(json.dumps(dict(cfg.policy), default=str))
+    return report
+
+
+def fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "never"
+    return f"{100 * v:.1f}%" if pct else f"{v:.4f}"
+
+
+def markdown(results: dict[str, dict]) -> str:
+    lines = [
+        "# Does the default policy win? (`experiments/default_wins.py`)",
+        "",
+        "Per dataset or variant: AIQ mean (sd over seeds); the least cost reaching 95% / 97% of the best single "
+        "model's quality as a share of its cost, at a cost weight that ran (`ran`) and on the hull (mixing two "
+        "weights); the paired bootstrap 95% interval over prompts of AIQ(default) - AIQ(router). Settings were "
+        "tuned on `arena` only; every other dataset is held out.",
+    ]
+    for name, rep in results.items():
+        best = rep["best_single_model"]
+        lines += [
+            "",
+            f"## {name}: {rep['n_prompts']} test prompts ({rep['scheme']}), {len(rep['models'])} models, "
+            f"seeds {rep['seeds']}",
+            "",
+            "| router | AIQ (sd) | 95% ran | 95% hull | 97% ran | 97% hull | default - router [95% CI] |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        rivals = (rep.get("comparisons") or {}).get("rivals", {})
+        order = sorted(rep["policies"], key=lambda n: -rep["policies"][n]["aiq"])
+        for router in order:
+            e = rep["policies"][router]
+            sd = f" ({e['aiq_std']:.4f})" if e.get("aiq_std") is not None and "aiq_std" in e else ""
+            vs = rivals.get(router)
+            ci = f"{vs['diff']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]" if vs else "-"
+            lines.append(
+                f"| {router} | {fmt(e['aiq'])}{sd} | {fmt(e['cost_fraction_at_95'], True)} | "
+                f"{fmt(e['cost_fraction_at_95_hull'], True)} | {fmt(e['cost_fraction_at_97'], True)} | "
+                f"{fmt(e['cost_fraction_at_97_hull'], True)} | {ci} |"
+            )
+        o = rep["oracle"]
+        lines += [
+            f"| zero router (hull of the single models) | {fmt(rep['zero_router']['aiq'])} | | | | | |",
+            f"| best single: {best} | quality {rep['models'][best]['quality']:.3f} at "
+            f"${rep['models'][best]['cost_usd']:.5f} | | | | | |",
+            f"| oracle | quality {o['quality']:.3f} at {100 * o['cost_usd'] / rep['models'][best]['cost_usd']:.1f}% "
+            "of the best model's cost | | | | | |",
+        ]
+        if "two_model" in rep:
+            lines += [
+                "",
+                "| router | APGR (RouteLLM's code) | CPT(50%) | CPT(80%) | shares reached |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for router, e in rep["two_model"]["routers"].items():
+                rng = f"{100 * e.get('share_min', 0):.0f}-{100 * e.get('share_max', 1):.0f}%"
+                lines.append(
+                    f"| {router} | {e['apgr']:.3f} | {fmt(e['cpt50'], True)} | {fmt(e['cpt80'], True)} | {rng} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument(
+        "--policies", nargs="+", default=ZOO, help="options of configs/policy/ (default: train.yaml's)"
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every variant")
+    parser.add_argument("--out", type=Path, default=RESULTS / "default_wins.json")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    bases: dict[str, tuple[Any, T.Setup]] = {}
+    for name in args.variants:
+        bundled = name.split("-")[0]
+        if bundled not in bases:
+            cfg = compose_cfg(bundled, list(args.override))
+            bases[bundled] = (cfg, T.prepare(cfg))
+        cfg, base = bases[bundled]
+        setup = base if name in BUNDLED else variant_setup(name, base, cfg)
+        report = run_variant(name, setup, cfg, list(args.policies), list(args.seeds), args.n_boot)
+        results[name] = json.loads(to_json(report))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(results))
+        print(markdown({name: results[name]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
