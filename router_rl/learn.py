@@ -143,6 +143,7 @@ def learn(
     prior_strength: float = 1.0,
     holdout: float = 0.3,
     policy_version: str | None = None,
+    feedback_source: str = "any",
     promote: str | None = None,
     tracking_uri: str | None = None,
     wheel: str | Path | None = None,
@@ -160,10 +161,13 @@ def learn(
     art = load_artifact(artifact, device="cpu")
     models = art.models
     k, dim = len(models), int(art.manifest["embedder"]["dim"])
-    data = read_log(log_db, require_feedback=True, policy_version=policy_version)
+    data = read_log(
+        log_db, require_feedback=True, policy_version=policy_version, feedback_source=feedback_source
+    )
     n_logged = len(data)
     if n_logged == 0:
-        raise LearnError(f"{log_db}: no decisions with feedback to learn from")
+        which = "" if feedback_source == "any" else f" from source {feedback_source!r}"
+        raise LearnError(f"{log_db}: no decisions with feedback{which} to learn from")
     col = np.array([models.index(m) if m in models else -1 for m in data.models])
     act = col[data.action]
     x_all, context_source = contexts_for(data, lambda: _router(art))
@@ -245,6 +249,8 @@ def learn(
         "n_evaluated": int(ev.sum()),
         "holdout": holdout,
         "n_skipped_foreign_model": int((act < 0).sum()),
+        "feedback_source": feedback_source,
+        "n_by_feedback_source": _count_sources(data.feedback_source),
         "contexts": context_source,
         "prior": prior,
         "updates": updates,
@@ -270,6 +276,14 @@ def learn(
             cand_dir, out / "ope.json", report, promote, tracking_uri=tracking_uri, wheel=wheel
         )
     return result
+
+
+def _count_sources(sources: np.ndarray | None) -> dict[str, int]:
+    """Rows per feedback source (``client``, ``judge``) among the rows read."""
+    if sources is None:
+        return {}
+    names, counts = np.unique(np.asarray(sources, dtype=str), return_counts=True)
+    return {str(k): int(c) for k, c in zip(names, counts, strict=True) if k}
 
 
 def _router(art: Any) -> Any:
@@ -474,6 +488,13 @@ def main(args: Sequence[str]) -> int:
         "--policy-version", default=None, help="learn only from this policy version's decisions"
     )
     parser.add_argument(
+        "--feedback-source",
+        choices=("any", "judge", "client"),
+        default="any",
+        help="whose grades to learn from: any (a client's grade where a client gave one, else the judge's), "
+        "judge or client",
+    )
+    parser.add_argument(
         "--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite)"
     )
     parser.add_argument(
@@ -493,6 +514,7 @@ def main(args: Sequence[str]) -> int:
             prior_strength=opts.prior_strength,
             holdout=opts.holdout,
             policy_version=opts.policy_version,
+            feedback_source=opts.feedback_source,
             promote=opts.promote,
             tracking_uri=opts.tracking_uri,
             wheel=opts.wheel,

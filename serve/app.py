@@ -572,7 +572,11 @@ def create_app(
                 503, "the decision log is off (--log-db); feedback cannot be stored", code="no_log"
             )
         future = service.decision_log.add_feedback(
-            body.decision_id, body.quality, cost_usd=body.cost_usd, latency_s=body.latency_s
+            body.decision_id,
+            body.quality,
+            cost_usd=body.cost_usd,
+            latency_s=body.latency_s,
+            source="client",  # a client cannot claim to be the judge: the body has no source field
         )
         try:
             await asyncio.wrap_future(future)

@@ -10,8 +10,11 @@ Tables:
     prompt's sha256 (the prompt text and the embedding only when asked), the API key name, and what happened
     upstream (``answered_by``, ``status``, ``attempts``, tokens, ``cost_usd``, ``latency_s``), and the
     ``replica`` that decided.
-    ``feedback``: one row per decision_id (the latest feedback wins): ``quality`` in [0, 1], optional
-    ``cost_usd`` and ``latency_s``, time, and the ``replica`` that took it (any replica finds any decision).
+    ``feedback``: one row per (decision_id, ``source``), the latest of each source winning: ``quality`` in
+    [0, 1], optional ``cost_usd`` and ``latency_s``, time, and the ``replica`` that took it (any replica finds
+    any decision). ``source`` is ``client`` (``POST /v1/feedback``) or ``judge`` (the judge sampler). When
+    both graded one decision, the reader takes the client's grade (the person who saw the answer outranks
+    the sampled judge) unless asked for one source (``feedback_source``).
 
 One writer thread owns the connection and commits in groups: everything queued while it was syncing the
 previous group goes into the next transaction (group commit), so under load one sync covers many rows.
@@ -38,14 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from router_rl.serve.log_backends import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 from router_rl.serve.log_backends import (
+    FEEDBACK_SOURCES,
     SQLITE_SCHEMA,
     connect_sqlite,
     default_replica_id,
     open_backend,
     parse_log_url,
 )
+from router_rl.serve.log_backends import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +161,15 @@ class DecisionLog:
         *,
         cost_usd: float | None = None,
         latency_s: float | None = None,
+        source: str = "client",
     ) -> Future:
-        """Queue feedback; the future resolves once it is committed and synced (raises :class:`UnknownDecision`
-        for an unknown id, :class:`LogFull` when the queue is full)."""
+        """Queue feedback from ``source`` (``client`` or ``judge``; the latest of each source is kept); the
+        future resolves once it is committed and synced (raises :class:`UnknownDecision` for an unknown id,
+        :class:`LogFull` when the queue is full)."""
+        if source not in FEEDBACK_SOURCES:
+            raise ValueError(f"feedback source {source!r}: expected one of {', '.join(FEEDBACK_SOURCES)}")
         future: Future = Future()
-        args = (decision_id, float(quality), cost_usd, latency_s, time.time(), self.replica)
+        args = (decision_id, source, float(quality), cost_usd, latency_s, time.time(), self.replica)
         op = _Op("feedback", args, future)
         try:
             self._queue.put_nowait(op)
@@ -235,8 +243,8 @@ class DecisionLog:
                         results.append((op.future, UnknownDecision(op.args[0])))  # type: ignore[arg-type]
                         continue
                     db.execute(
-                        "INSERT INTO feedback (decision_id, quality, cost_usd, latency_s, ts, replica)"
-                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (decision_id) DO UPDATE SET"
+                        "INSERT INTO feedback (decision_id, source, quality, cost_usd, latency_s, ts, replica)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (decision_id, source) DO UPDATE SET"
                         " quality = excluded.quality, cost_usd = excluded.cost_usd,"
                         " latency_s = excluded.latency_s, ts = excluded.ts, replica = excluded.replica",
                         op.args,
@@ -287,6 +295,7 @@ class LoggedBanditData:
         prompts: (n,) str or None when the log holds no prompt text (``--log-prompts`` off).
         contexts: (n, d) float32 embeddings or None when the log holds none (``--log-embeddings`` off).
         replica: (n,) str, the replica that made each decision ('' in logs older than the column).
+        feedback_source: (n,) str, who graded the row's ``quality``: ``client``, ``judge``, or '' (none).
     """
 
     models: list[str]
@@ -309,6 +318,7 @@ class LoggedBanditData:
     prompts: np.ndarray | None
     contexts: np.ndarray | None
     replica: np.ndarray | None = None
+    feedback_source: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -363,6 +373,8 @@ class LoggedBanditData:
         }
         if self.replica is not None:
             cols["replica"] = self.replica
+        if self.feedback_source is not None:
+            cols["feedback_source"] = self.feedback_source
         if self.prompts is not None:
             cols["prompt"] = self.prompts
         for k, m in enumerate(self.models):
@@ -380,6 +392,7 @@ def read_logged_bandit_data(
     until: float | None = None,
     require_feedback: bool = False,
     include_fallbacks: bool = False,
+    feedback_source: str = "any",
 ) -> LoggedBanditData:
     """Read a decision log back as :class:`LoggedBanditData`, oldest decision first.
 
@@ -391,9 +404,31 @@ def read_logged_bandit_data(
         include_fallbacks: keep decisions answered by another model than the logged action (an upstream
             failure made the server fall back). Off by default: their outcome belongs to another action than
             the one whose propensity was logged, so they would bias off-policy estimates.
+        feedback_source: whose grades count: ``any`` (the client's where a client graded, else the
+            judge's), ``client`` or ``judge`` (the other source's grades are ignored: a decision only it
+            graded reads as without feedback).
     """
+    if feedback_source not in ("any", *FEEDBACK_SOURCES):
+        raise ValueError(f"feedback_source {feedback_source!r}: expected any, {', '.join(FEEDBACK_SOURCES)}")
+    if feedback_source == "any":  # the client's row where there is one, else the judge's
+
+        def pick(col: str) -> str:
+            return f"CASE WHEN fc.decision_id IS NOT NULL THEN fc.{col} ELSE fj.{col} END"
+
+        source_sql = "CASE WHEN fc.decision_id IS NOT NULL THEN 'client' WHEN fj.decision_id IS NOT NULL THEN 'judge' END"
+    else:
+        alias = "fc" if feedback_source == "client" else "fj"
+
+        def pick(col: str) -> str:
+            return f"{alias}.{col}"
+
+        source_sql = f"{alias}.source"
     db = open_backend(path, read_only=True)  # a missing sqlite file: FileNotFoundError
     try:
+        version = db.fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
+        feedback = "feedback"
+        if version and int(version[0][0]) < 3:  # a log no server of this version opened: no source column
+            feedback = "(SELECT decision_id, 'client' AS source, quality, cost_usd, latency_s FROM feedback)"
         where, params = [], []
         if policy_version is not None:
             where.append("d.policy_version = ?")
@@ -405,14 +440,17 @@ def read_logged_bandit_data(
             where.append("d.ts < ?")
             params.append(float(until))
         if require_feedback:
-            where.append("f.decision_id IS NOT NULL")
+            where.append(f"{pick('quality')} IS NOT NULL")
         if not include_fallbacks:
             where.append("(d.answered_by IS NULL OR d.answered_by = d.model)")
         sql = (
             "SELECT d.decision_id, d.ts, d.policy_version, d.prompt_sha256, d.models, d.model, d.propensity,"
             " d.cost_weight, d.cost_scale, d.scores, d.pred_quality, d.pred_cost_usd, d.prompt, d.embedding,"
-            " d.answered_by, d.cost_usd, d.latency_s, f.quality, f.cost_usd, f.latency_s, d.replica"
-            " FROM decisions d LEFT JOIN feedback f ON f.decision_id = d.decision_id"
+            f" d.answered_by, d.cost_usd, d.latency_s, {pick('quality')}, {pick('cost_usd')},"
+            f" {pick('latency_s')}, d.replica, {source_sql}"
+            " FROM decisions d"
+            f" LEFT JOIN {feedback} fc ON fc.decision_id = d.decision_id AND fc.source = 'client'"
+            f" LEFT JOIN {feedback} fj ON fj.decision_id = d.decision_id AND fj.source = 'judge'"
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + f" ORDER BY d.ts, {db.order_tiebreak}"
         )
@@ -476,7 +514,18 @@ def read_logged_bandit_data(
         prompts=prompts,
         contexts=contexts,
         replica=np.array([r[20] or "" for r in rows], dtype=object),
+        feedback_source=np.array([r[21] or "" for r in rows], dtype=object),
     )
+
+
+_STRING_ARRAYS = (
+    "decision_id",
+    "policy_version",
+    "prompt_sha256",
+    "answered_by",
+    "replica",
+    "feedback_source",
+)
 
 
 def export_logged_data(db: str | os.PathLike[str], out: str | Path, **filters: Any) -> Path:
@@ -490,11 +539,9 @@ def export_logged_data(db: str | os.PathLike[str], out: str | Path, **filters: A
         arrays = {
             k: v
             for k, v in data.__dict__.items()
-            if isinstance(v, np.ndarray)
-            and k
-            not in ("prompts", "decision_id", "policy_version", "prompt_sha256", "answered_by", "replica")
+            if isinstance(v, np.ndarray) and k not in _STRING_ARRAYS + ("prompts",)
         }
-        for k in ("decision_id", "policy_version", "prompt_sha256", "answered_by", "replica"):
+        for k in _STRING_ARRAYS:
             arrays[k] = np.asarray(getattr(data, k), dtype=str)
         if data.prompts is not None:
             arrays["prompts"] = np.asarray(data.prompts, dtype=str)

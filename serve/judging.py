@@ -4,9 +4,10 @@ For each answered, non-streamed chat request, with probability ``judge_share`` a
 over the last hour is under ``judge_budget_usd_per_hour``, the service schedules a background task (Starlette
 runs it after the response body has gone out, so never on the request path) that grades the answer with
 :class:`router_rl.judge.Judge` (MT-Bench single grade, quality = score / 10) and stores the grade as the
-decision's feedback. A judge that fails or answers unreadably is counted, never seen by the client.
-Streamed answers are not graded yet. The feedback row does not record its source (judge or client) yet: that
-needs a column in the decision log, whose schema is being reworked for its PostgreSQL backend.
+decision's feedback with ``source = 'judge'`` (a client's ``POST /v1/feedback`` is stored as ``client``;
+both are kept, and readers prefer the client's grade where both exist: ``read_logged_bandit_data``'s
+``feedback_source``, ``router-rl learn --feedback-source``). A judge that fails or answers unreadably is
+counted, never seen by the client. Streamed answers are not graded yet.
 
 Metrics: ``router_rl_judge_grades{outcome}`` (ok, error, unparsed, log_error),
 ``router_rl_judge_skipped{reason}`` (sampled_out, budget), ``router_rl_judge_spend_usd``.
@@ -107,7 +108,9 @@ class JudgeSampler:
             self.grades.labels(outcome=verdict.status).inc()
             return
         try:
-            await asyncio.wrap_future(self.decision_log.add_feedback(decision_id, float(verdict.quality)))
+            await asyncio.wrap_future(
+                self.decision_log.add_feedback(decision_id, float(verdict.quality), source="judge")
+            )
         except Exception as err:  # noqa: BLE001 - e.g. the log is full: count it, the answer was served
             log.warning("judge grade of decision %s not stored: %s", decision_id, err)
             self.grades.labels(outcome="log_error").inc()

@@ -24,8 +24,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-SCHEMA_VERSION = 2
-"""1: the first sqlite log; 2: a ``replica`` column on decisions and feedback (v1 files are migrated)."""
+SCHEMA_VERSION = 3
+"""1: the first sqlite log; 2: a ``replica`` column on decisions and feedback; 3: a ``source`` column on
+feedback (``client`` or ``judge``), keyed by ``(decision_id, source)`` so a client's grade and the judge's
+of one decision are both kept (older logs are migrated; their feedback rows become ``client``)."""
+
+FEEDBACK_SOURCES = ("client", "judge")
+"""Who graded a decision: a client through ``POST /v1/feedback``, or the judge sampler (serve/judging.py)."""
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 
@@ -61,23 +66,42 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 CREATE TABLE IF NOT EXISTS feedback (
-    decision_id TEXT PRIMARY KEY REFERENCES decisions (decision_id),
+    decision_id TEXT NOT NULL REFERENCES decisions (decision_id),
+    source TEXT NOT NULL DEFAULT 'client',
     quality {real} NOT NULL,
     cost_usd {real},
     latency_s {real},
     ts {real} NOT NULL,
-    replica TEXT
+    replica TEXT,
+    PRIMARY KEY (decision_id, source)
 );
 """
 SQLITE_SCHEMA = _TABLES.format(seq="", real="REAL", blob="BLOB")
 POSTGRES_SCHEMA = _TABLES.format(
     seq="\n    seq BIGINT GENERATED ALWAYS AS IDENTITY,", real="DOUBLE PRECISION", blob="BYTEA"
 )
-_MIGRATIONS = {  # from version -> statements that bring a log to the next version
-    1: [
-        "ALTER TABLE decisions ADD COLUMN replica TEXT",
-        "ALTER TABLE feedback ADD COLUMN replica TEXT",
-    ],
+_MIGRATIONS: dict[int, dict[str, list[str]]] = {  # from version -> per backend, the statements to the next
+    1: dict.fromkeys(
+        ("sqlite", "postgresql"),
+        ["ALTER TABLE decisions ADD COLUMN replica TEXT", "ALTER TABLE feedback ADD COLUMN replica TEXT"],
+    ),
+    2: {
+        # sqlite cannot change a primary key in place: the table is rebuilt, its rows copied as 'client'
+        "sqlite": [
+            "CREATE TABLE feedback_v3 (decision_id TEXT NOT NULL REFERENCES decisions (decision_id),"
+            " source TEXT NOT NULL DEFAULT 'client', quality REAL NOT NULL, cost_usd REAL, latency_s REAL,"
+            " ts REAL NOT NULL, replica TEXT, PRIMARY KEY (decision_id, source))",
+            "INSERT INTO feedback_v3 (decision_id, source, quality, cost_usd, latency_s, ts, replica)"
+            " SELECT decision_id, 'client', quality, cost_usd, latency_s, ts, replica FROM feedback",
+            "DROP TABLE feedback",
+            "ALTER TABLE feedback_v3 RENAME TO feedback",
+        ],
+        "postgresql": [
+            "ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'client'",
+            "ALTER TABLE feedback DROP CONSTRAINT feedback_pkey",
+            "ALTER TABLE feedback ADD PRIMARY KEY (decision_id, source)",
+        ],
+    },
 }
 _SCHEMA_LOCK = 0x726F7574  # pg_advisory_xact_lock key: replicas starting together create the tables once
 
@@ -217,7 +241,7 @@ class LogBackend:
                         f"version {SCHEMA_VERSION}; start with another --log-db"
                     )
                 while version < SCHEMA_VERSION:
-                    for statement in _MIGRATIONS[version]:
+                    for statement in _MIGRATIONS[version][self.kind]:
                         self.conn.execute(statement)
                     version += 1
                 self.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))

@@ -88,9 +88,23 @@ def test_grades_arrive_after_the_answer_and_become_feedback(tmp_path: Path, stub
         stub.gate.set()
         m = wait_for(http, "router_rl_judge_grades/ok", 4)
         app.state.service.decision_log.flush()
+        log = read_logged_bandit_data(tmp_path / "log.sqlite", require_feedback=True)
+        assert sorted(log.decision_id) == sorted(ids)
+        assert list(log.quality) == [0.8] * 4 and list(log.feedback_source) == ["judge"] * 4
+        # a client grades one of them too: both rows stay, the client's wins; a client cannot pose as the judge
+        r = http.post("/v1/feedback", json={"decision_id": ids[0], "quality": 0.1})
+        assert r.status_code == 200, r.text
+        r = http.post("/v1/feedback", json={"decision_id": ids[1], "quality": 0.1, "source": "judge"})
+        assert r.status_code == 400 and "source" in r.json()["error"]["message"]
     log = read_logged_bandit_data(tmp_path / "log.sqlite", require_feedback=True)
-    assert sorted(log.decision_id) == sorted(ids)
-    assert list(log.quality) == [0.8] * 4
+    by_id = dict(zip(log.decision_id, zip(log.feedback_source, log.quality, strict=True), strict=True))
+    assert by_id[ids[0]] == ("client", 0.1) and by_id[ids[1]] == ("judge", 0.8)
+    judged = read_logged_bandit_data(tmp_path / "log.sqlite", feedback_source="judge", require_feedback=True)
+    assert sorted(judged.decision_id) == sorted(ids) and list(judged.quality) == [0.8] * 4
+    clients = read_logged_bandit_data(
+        tmp_path / "log.sqlite", feedback_source="client", require_feedback=True
+    )
+    assert list(clients.decision_id) == [ids[0]]
     judged = [r for r in stub.requests if r["json"]["model"] == "judge"]
     assert len(judged) == 4 and "answer to question" in judged[0]["json"]["messages"][-1]["content"]
     assert m.get("router_rl_judge_skipped/budget", 0.0) == 0.0

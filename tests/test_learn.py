@@ -192,6 +192,39 @@ def test_learn_cli_exit_status(tmp_path: Path) -> None:
     assert status == 2
 
 
+def test_learn_from_one_feedback_source(tmp_path: Path) -> None:
+    """Clients' grades say big is best (TRUE_QUALITY); a miscalibrated judge says small is: --feedback-source
+    picks whose grades the candidate learns from, and ``any`` takes the client's grade where both exist."""
+    from router_rl.cli import main
+
+    art = champion(tmp_path, dim=16)
+    log, _ = write_log(tmp_path / "log.db", 1500, seed=5, dim=16)
+    data = read_log(str(log))
+    judge = DecisionLog(log, replica="judge")
+    for did, a in zip(data.decision_id, data.action, strict=True):
+        judge.add_feedback(str(did), 1.0 if MODELS[a] == "small" else 0.0, source="judge")
+    judge.close()
+    by = {}
+    for source in ("client", "judge", "any"):
+        result = learn(str(log), art, tmp_path / source, feedback_source=source)
+        theta = load_artifact(result.artifact, device="cpu").tensors["theta_quality"].double().numpy()
+        by[source] = (result.ope, theta[:, -1])  # the bias terms: the mean quality learned per model
+    assert by["client"][0]["n_by_feedback_source"] == {"client": 1500}
+    assert by["judge"][0]["n_by_feedback_source"] == {"judge": 1500}
+    assert by["any"][0]["n_by_feedback_source"] == {"client": 1500}  # the clients' grades win
+    assert by["client"][1].argmax() == MODELS.index("big")
+    assert by["judge"][1].argmax() == MODELS.index("small")
+    np.testing.assert_allclose(by["any"][1], by["client"][1])
+    assert by["judge"][0]["feedback_source"] == "judge"
+    args = ["learn", "--log-db", str(log), "--artifact", str(art), "--out", str(tmp_path / "cli")]
+    assert main([*args, "--feedback-source", "judge"]) == 0
+    rep = json.loads((tmp_path / "cli" / "ope.json").read_text())
+    assert rep["n_by_feedback_source"] == {"judge": 1500}
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--feedback-source", "human"])
+    assert info.value.code == 2
+
+
 @pytest.fixture
 def registry(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

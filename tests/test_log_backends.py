@@ -18,7 +18,13 @@ import pytest
 from test_serve_log import row
 
 from router_rl.serve.decision_log import DecisionLog, UnknownDecision, read_logged_bandit_data
-from router_rl.serve.log_backends import LogURLError, default_replica_id, parse_log_url
+from router_rl.serve.log_backends import (
+    SCHEMA_VERSION,
+    LogURLError,
+    default_replica_id,
+    open_backend,
+    parse_log_url,
+)
 from router_rl.serve.settings import ServeSettings, SettingsError
 
 PG_ENV = "ROUTER_RL_TEST_PG_URL"
@@ -204,8 +210,11 @@ def test_a_version_1_sqlite_log_is_migrated_in_place(tmp_path: Path) -> None:
     assert list(data.decision_id) == ["old", "fresh"] and list(data.replica) == ["", "new"]
     np.testing.assert_allclose(data.quality, [0.9, np.nan])
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
     conn.close()
+    assert list(data.feedback_source) == ["client", ""]
 
 
 @needs_postgres
@@ -245,3 +254,102 @@ def test_unreachable_postgres_is_one_clear_error() -> None:
     ) as info:
         DecisionLog(url)
     assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
+
+
+# the version-2 tables (a replica column, feedback keyed by decision_id alone), as router-rl wrote them
+V2_TABLES = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE decisions (decision_id TEXT PRIMARY KEY,{seq} ts {real} NOT NULL, endpoint TEXT NOT NULL,
+    policy_version TEXT NOT NULL, models TEXT NOT NULL, action INTEGER NOT NULL, model TEXT NOT NULL,
+    propensity {real} NOT NULL, scores TEXT NOT NULL, pred_quality TEXT NOT NULL, pred_cost_usd TEXT NOT NULL,
+    cost_weight {real} NOT NULL, cost_scale {real} NOT NULL, limits TEXT NOT NULL, prompt_sha256 TEXT NOT NULL,
+    prompt TEXT, embedding {blob}, api_key TEXT, answered_by TEXT, status TEXT, attempts INTEGER,
+    prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd {real}, latency_s {real}, replica TEXT);
+CREATE INDEX decisions_ts ON decisions (ts);
+CREATE TABLE feedback (decision_id TEXT PRIMARY KEY REFERENCES decisions (decision_id),
+    quality {real} NOT NULL, cost_usd {real}, latency_s {real}, ts {real} NOT NULL, replica TEXT);
+INSERT INTO meta VALUES ('schema_version', '2');
+INSERT INTO decisions (decision_id, ts, endpoint, policy_version, models, action, model, propensity, scores,
+    pred_quality, pred_cost_usd, cost_weight, cost_scale, limits, prompt_sha256, replica)
+    VALUES ('old0', 1.0, 'route', 'v1', '["a", "b"]', 0, 'a', 1.0, '[0.1, 0.2]', '[0.5, 0.6]', '[0.1, 0.2]',
+            0.5, 0.01, '{{}}', 'sha0', 'r-old'),
+           ('old1', 2.0, 'route', 'v1', '["a", "b"]', 1, 'b', 0.5, '[0.1, 0.2]', '[0.5, 0.6]', '[0.1, 0.2]',
+            0.5, 0.01, '{{}}', 'sha1', 'r-old');
+INSERT INTO feedback VALUES ('old0', 0.7, 0.004, NULL, 3.0, 'r-old');
+"""
+
+
+def write_v2_log(log_url: str) -> None:
+    """A version-2 log at ``log_url`` with two decisions and one feedback row."""
+    target = parse_log_url(log_url)
+    if target.kind == "sqlite":
+        conn = sqlite3.connect(target.path)
+        conn.executescript(V2_TABLES.format(seq="", real="REAL", blob="BLOB"))
+        conn.close()
+        return
+    import psycopg
+
+    script = V2_TABLES.format(
+        seq=" seq BIGINT GENERATED ALWAYS AS IDENTITY,", real="DOUBLE PRECISION", blob="BYTEA"
+    )
+    with psycopg.connect(log_url, autocommit=True) as conn:
+        for statement in filter(None, (s.strip() for s in script.split(";"))):
+            conn.execute(statement)
+
+
+def test_a_version_2_log_gets_feedback_sources_and_keeps_its_rows(log_url: str) -> None:
+    """Old feedback becomes 'client'; afterwards a judge's grade and a client's of one decision both stay."""
+    write_v2_log(log_url)
+    before = read_logged_bandit_data(log_url)  # read before any server opened it: no source column yet
+    assert list(before.feedback_source) == ["client", ""]
+    np.testing.assert_allclose(before.quality, [0.7, np.nan])
+    log = DecisionLog(log_url, replica="new")
+    try:
+        assert log.add_feedback("old1", 0.2, source="judge").result(timeout=30)
+        assert log.add_feedback("old0", 0.1, source="judge").result(timeout=30)  # besides the client's
+        with pytest.raises(ValueError, match="feedback source 'admin'"):
+            log.add_feedback("old0", 0.5, source="admin")
+    finally:
+        log.close()
+    data = read_logged_bandit_data(log_url)
+    assert list(data.decision_id) == ["old0", "old1"] and list(data.replica) == ["r-old", "r-old"]
+    assert list(data.feedback_source) == ["client", "judge"]  # the client's grade wins over the judge's
+    np.testing.assert_allclose(data.quality, [0.7, 0.2])
+    np.testing.assert_allclose(data.cost_usd, [0.004, np.nan])
+    judge = read_logged_bandit_data(log_url, feedback_source="judge")
+    np.testing.assert_allclose(judge.quality, [0.1, 0.2])
+    assert list(judge.feedback_source) == ["judge", "judge"]
+    client = read_logged_bandit_data(log_url, feedback_source="client", require_feedback=True)
+    assert list(client.decision_id) == ["old0"] and list(client.feedback_source) == ["client"]
+    db = open_backend(log_url, read_only=True)
+    try:
+        assert db.fetchall("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+        rows = db.fetchall("SELECT decision_id, source, quality FROM feedback ORDER BY decision_id, source")
+    finally:
+        db.close()
+    assert rows == [("old0", "client", 0.7), ("old0", "judge", 0.1), ("old1", "judge", 0.2)]
+
+
+def test_feedback_sources_on_each_backend(log_url: str) -> None:
+    """Each source keeps its latest grade; the reader picks the client's, or the source asked for."""
+    log = DecisionLog(log_url, replica="r")
+    try:
+        for i in range(3):
+            log.log_decision(row(f"d{i}", ["a", "b"], i % 2, ts=float(i)))
+        assert log.add_feedback("d0", 0.9, source="judge").result(timeout=30)
+        assert log.add_feedback("d0", 0.8, source="judge").result(timeout=30)  # the judge's latest
+        assert log.add_feedback("d1", 0.3, source="judge").result(timeout=30)
+        assert log.add_feedback("d1", 0.6).result(timeout=30)  # a client's (the default source)
+        assert log.add_feedback("d2", 0.4, source="client").result(timeout=30)
+    finally:
+        log.close()
+    data = read_logged_bandit_data(log_url)
+    assert list(data.feedback_source) == ["judge", "client", "client"]
+    np.testing.assert_allclose(data.quality, [0.8, 0.6, 0.4])
+    judge = read_logged_bandit_data(log_url, feedback_source="judge", require_feedback=True)
+    assert list(judge.decision_id) == ["d0", "d1"]
+    np.testing.assert_allclose(judge.quality, [0.8, 0.3])
+    client = read_logged_bandit_data(log_url, feedback_source="client")
+    assert list(client.feedback_source) == ["", "client", "client"] and not client.has_feedback[0]
+    with pytest.raises(ValueError, match="feedback_source 'human'"):
+        read_logged_bandit_data(log_url, feedback_source="human")
