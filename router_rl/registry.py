@@ -366,3 +366,62 @@ def resolve_model_uri(
             load_artifact(candidate, device="cpu")  # verify now: a bad artifact fails before serving starts
             return candidate
     raise ArtifactError(f"{uri}: the registered model holds no router artifact ({MANIFEST} not found)")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str, str]:
+    """``models:/NAME/VERSION`` -> (NAME, VERSION, ``version``); ``models:/NAME@ALIAS`` -> (NAME, ALIAS,
+    ``alias``); ``models:/NAME/REF`` with a non-numeric REF (an alias, a stage, or ``latest``) -> (NAME, REF,
+    ``ref``). Anything else raises :class:`ArtifactError`."""
+    if not uri.startswith("models:/"):
+        raise ArtifactError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest and "/" not in rest:
+        name, _, alias = rest.partition("@")
+        if name and alias:
+            return name, alias, "alias"
+    name, sep, ref = rest.rpartition("/")
+    if sep and name and ref and "/" not in name:
+        return name, ref, "version" if ref.isdigit() else "ref"
+    raise ArtifactError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+
+
+def follows_a_reference(uri: str) -> bool:
+    """Whether ``uri`` names a registered model by a reference that can move (an alias, a stage, ``latest``)
+    rather than by a fixed version number."""
+    return uri.startswith("models:/") and parse_model_uri(uri)[2] != "version"
+
+
+def model_version_of(uri: str, *, tracking_uri: str | None = None) -> str:
+    """The version number ``uri`` names in the registry now: its own number, the version its alias (or, for
+    ``models:/NAME/REF``, the alias REF, else the stage REF; ``latest``: the newest version) points at.
+    Raises :class:`ArtifactError` when the registry does not know it."""
+    _require_mlflow(f"{uri}: a models:/ URI")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, ref, kind = parse_model_uri(uri)
+    if kind == "version":
+        return ref
+    track = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=track, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or track)
+    try:
+        try:
+            return str(client.get_model_version_by_alias(name, ref).version)
+        except MlflowException:
+            if kind == "alias":
+                raise
+        if ref.lower() == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if versions:
+                return str(max(int(v.version) for v in versions))
+        else:
+            import warnings
+
+            with warnings.catch_warnings():  # stages are deprecated in MLflow; aliases replace them
+                warnings.simplefilter("ignore")
+                latest = client.get_latest_versions(name, stages=[ref])
+            if latest:
+                return str(latest[0].version)
+    except MlflowException as err:
+        raise ArtifactError(f"{uri}: not found in the MLflow registry at {track} ({err.message})") from None
+    raise ArtifactError(f"{uri}: no version of {name!r} is at {ref!r} in the MLflow registry at {track}")

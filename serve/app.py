@@ -38,6 +38,7 @@ from router_rl.serve.jsonbody import StrictJSONRoute
 from router_rl.serve.judging import answer_text, from_settings
 from router_rl.serve.metrics import Metrics
 from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy
+from router_rl.serve.registry_watch import RegistrySource, RegistryWatch
 from router_rl.serve.router import Router
 from router_rl.serve.schemas import (
     MAX_COST_WEIGHT,
@@ -319,6 +320,7 @@ def create_app(
     artifact_source: str | None = None,
     resolve: Callable[[str], str] | None = None,
     handle_sighup: bool = False,
+    follow: RegistrySource | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``router``.
 
@@ -332,6 +334,7 @@ def create_app(
         artifact_source: what ``/admin/reload`` and SIGHUP reload by default (default: the router's path).
         resolve: maps a reload source to an artifact directory (the CLI resolves ``models:/`` URIs with it).
         handle_sighup: reload the artifact on SIGHUP (the CLI sets it; tests leave it off).
+        follow: a registry alias to follow (polled every ``settings.registry_poll_s`` seconds; 0: not).
     """
     from router_rl.serve.upstreams import upstream_map
 
@@ -367,6 +370,11 @@ def create_app(
         artifact_source=artifact_source or str(router.artifact.path),
         resolve=resolve or (lambda s: s),
         rng=np.random.default_rng(settings.seed),
+    )
+    watch = (
+        RegistryWatch(service, follow, interval_s=settings.registry_poll_s, registry=metrics.registry)
+        if follow is not None and settings.registry_poll_s > 0
+        else None
     )
     proxy = ChatProxy(service)
     missing = [m for m in router.models if upstreams.get(m) is None] if upstreams else []
@@ -408,9 +416,13 @@ def create_app(
             router.artifact.device,
             router.embedder.describe,
         )
+        if watch is not None:
+            watch.start()
         try:
             yield
         finally:  # uvicorn has stopped accepting and waited for in-flight requests: drain and close
+            if watch is not None:
+                await watch.stop()
             await service.batcher.stop()
             if own_client:
                 await service.client.close()
@@ -436,6 +448,7 @@ def create_app(
     )
     app.router.route_class = StrictJSONRoute  # before any route: every JSON body parsed strictly
     app.state.service = service
+    app.state.registry_watch = watch
 
     # ---------------------------------------------------------------- errors: always an OpenAI-style body
     @app.exception_handler(APIError)
@@ -616,6 +629,8 @@ def create_app(
         }
         if service.decision_log is not None:  # the name this replica writes on its log rows
             health["replica"] = service.decision_log.replica
+        if watch is not None:
+            health["registry"] = watch.describe()
         if settings.healthz_log_path and service.decision_log is not None:  # a server path: off by default
             health["decision_log_path"] = service.decision_log.location  # a URL without its password
         return JSONResponse(health)

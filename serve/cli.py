@@ -2,6 +2,7 @@
 
     router-rl serve ARTIFACT [--host 127.0.0.1] [--port 8080] [--upstream URL | --upstreams FILE] [options]
     router-rl serve models:/NAME/VERSION ...          # an artifact registered in the MLflow Model Registry
+    router-rl serve models:/NAME@ALIAS [--registry-poll-s 30]   # follows the alias: hot-reloads when it moves
     router-rl serve export-log DB OUT [--policy-version V] [--require-feedback] [--include-fallbacks]
 
 Every option also reads ``ROUTER_RL_SERVE_<OPTION>`` from the environment (flags win). User mistakes end
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from router_rl.serve.settings import (
     ENV_PREFIX,
@@ -42,6 +44,42 @@ def resolve_artifact(source: str) -> str:
     return source
 
 
+def build_app(
+    source: str, settings: ServeSettings, *, embedder: Any = None, handle_sighup: bool = True
+) -> Any:
+    """The service app for ``source`` (a directory or a ``models:/`` URI) as ``router-rl serve`` runs it. A
+    registry alias is resolved to its version first and, with ``settings.registry_poll_s > 0``, followed."""
+    from router_rl.serve.app import create_app
+    from router_rl.serve.router import Router
+
+    follow = None
+    path = source
+    if source.startswith(REGISTRY_PREFIX):
+        from router_rl.registry import follows_a_reference, model_version_of, parse_model_uri
+        from router_rl.serve.registry_watch import RegistrySource
+
+        if follows_a_reference(source):
+            name = parse_model_uri(source)[0]
+            version = model_version_of(source)  # pinned now, so the version followed is the one loaded
+
+            def pinned(v: str, name: str = name) -> str:
+                return f"{REGISTRY_PREFIX}{name}/{v}"
+
+            follow = RegistrySource(source, version, lambda: model_version_of(source), pinned)
+            path = resolve_artifact(pinned(version))
+        else:
+            path = resolve_artifact(source)
+    router = Router(path, device=settings.device, embedder=embedder, **settings.router_kwargs())
+    return create_app(
+        router,
+        settings,
+        artifact_source=source,
+        resolve=resolve_artifact,
+        handle_sighup=handle_sighup,
+        follow=follow,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="router-rl serve",
@@ -50,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="router-rl serve export-log DB OUT writes the decision log as logged bandit data (.parquet, .csv, .npz).",
     )
     parser.add_argument(
-        "artifact", help="artifact directory, or models:/NAME/VERSION from the MLflow registry"
+        "artifact",
+        help="artifact directory, or models:/NAME/VERSION or models:/NAME@ALIAS (followed) from the MLflow registry",
     )
     for f in dataclasses.fields(ServeSettings):
         flag = "--" + f.name.replace("_", "-")
@@ -151,23 +190,12 @@ def main(args: Sequence[str]) -> int:
 
     try:
         settings = settings_from(opts)
-        path = resolve_artifact(opts.artifact)
         import uvicorn
-
-        from router_rl.serve.app import create_app
-        from router_rl.serve.router import Router
 
         logging.basicConfig(
             level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        router = Router(path, device=settings.device, **settings.router_kwargs())
-        app = create_app(
-            router,
-            settings,
-            artifact_source=opts.artifact,
-            resolve=resolve_artifact,
-            handle_sighup=True,
-        )
+        app = build_app(opts.artifact, settings)
     except (
         ArtifactError,
         SettingsError,

@@ -182,8 +182,10 @@ class Service:
         return True
 
     # ------------------------------------------------------------------ reload
-    async def reload(self, source: str | None = None) -> dict[str, str]:
-        """Load ``source`` (default: the artifact the service started with), check it, and swap it in.
+    async def reload(self, source: str | None = None, *, remember: bool = True) -> dict[str, str]:
+        """Load ``source`` (default: the artifact the service started with), check it, and swap it in; with
+        ``remember`` off the next default reload still loads the old source (a registry alias the service
+        follows, whose pinned versions are loaded one by one).
 
         Requests keep flowing: batches already running finish on the old router, the next batch uses the new
         one. The encoder stays in memory when the new artifact uses the same one.
@@ -211,7 +213,8 @@ class Service:
                 log.error("reload of %s failed: %s", source, err)
                 raise
             self.router = new
-            self.artifact_source = source
+            if remember:
+                self.artifact_source = source
             self.metrics.set_policy(new.artifact.version)
             self.metrics.set_encoder(new.embedder.describe)
             self.metrics.reloads.labels(result="ok").inc()

@@ -148,6 +148,11 @@ class ServeSettings:
     healthz_log_path: bool = opt(False, "show the decision log's file path in /healthz (which needs no key)")
     graceful_timeout_s: float = opt(30.0, "on SIGTERM, time given to in-flight requests before closing")
     log_level: str = opt("info", "uvicorn log level")
+    registry_poll_s: float = opt(
+        30.0,
+        "when serving a registry alias (models:/NAME@ALIAS or models:/NAME/ALIAS), ask the MLflow registry this "
+        "often where it points and hot-reload when it moved; 0 = off",
+    )
 
     def resolved_torch_threads(self) -> int:
         """The torch thread count to use: the setting, or one core less than the machine has (the event
@@ -206,6 +211,8 @@ class ServeSettings:
         ):
             if getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
+        if not (math.isfinite(self.registry_poll_s) and self.registry_poll_s >= 0):
+            raise bad("registry_poll_s", "seconds >= 0 (0: off)")
         if self.batch_max_wait_ms < 0:
             raise bad("batch_max_wait_ms", "milliseconds >= 0")
         if self.torch_threads < 0:
