@@ -435,7 +435,7 @@ def summary_table(report: dict[str, Any]) -> str:
     def frac(v: float | None) -> str:
         return f"{100 * v:7.1f}%" if v is not None and np.isfinite(v) else "   never"
 
-    comparisons = report.get("comparisons", {}).get("rivals", {})
+    comparisons = (report.get("comparisons") or {}).get("rivals", {})
     for name, entry in report["policies"].items():
         near = [p for p in entry["points"] if p["cost_weight"] <= 0.2] or entry["points"][:1]
         top = max(near, key=lambda p: p["quality"])

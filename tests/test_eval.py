@@ -134,3 +134,21 @@ def test_paired_comparisons_against_every_rival() -> None:
     assert vs["low"] > 0 and vs["diff"] > 0
     with pytest.raises(ValueError, match="reference router 'nope'"):
         paired_comparisons(per_seed, "nope", quality, cost, max_cost=1.0)
+
+
+def test_summary_table_without_bootstrap_intervals() -> None:
+    """evaluation.bootstrap.n_boot=0 stores ``comparisons: null``; the table then has no interval column."""
+    from types import SimpleNamespace
+
+    from router_rl.evaluation import build_report, summary_table
+
+    quality = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    data = SimpleNamespace(
+        name="toy", models=("strong", "weak"), n_models=2, quality=quality,
+        cost_usd=np.tile([1.0, 0.1], (4, 1)), groups=None,
+    )  # fmt: skip
+    probs = {w: np.tile([1.0, 0.0], (4, 1)) for w in (0.0, 1.0)}
+    rep = build_report(data, np.arange(4), {"r": probs}, scheme="t", split="t", cost_scale=1.0)
+    rep["comparisons"] = None
+    table = summary_table(rep)
+    assert "r" in table and "paired bootstrap" not in table
