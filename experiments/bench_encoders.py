@@ -4,7 +4,7 @@
     python experiments/bench_encoders.py --quick     # about 2 minutes
 
 For each encoder a policy is trained and exported by ``router_rl.training.train`` (bundled arena data, the
-default LinUCB and the default representation, MLflow off), then:
+default policy and the default representation, MLflow off), then:
 
 - route: ``/v1/route`` latency at concurrency 1 over real HTTP on loopback (``router-rl serve ARTIFACT`` in a
   subprocess, as it starts by default (each decision's log row committed and synced before the answer) and with
@@ -56,7 +56,6 @@ def train_artifact(encoder: str, out: Path) -> dict:
     cfg = compose(
         [
             *ENCODERS[encoder],
-            "policy=linucb",
             "mlflow.enabled=false",
             "registry.name=null",
             "evaluation.baselines=[]",
@@ -66,7 +65,7 @@ def train_artifact(encoder: str, out: Path) -> dict:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = train(cfg, out)
-    entry = report["policies"]["linucb"]
+    entry = report["policies"][cfg.policy.get("label") or "linucb"]
     return {"artifact": str(out / "artifact"), "aiq_seed0": entry["aiq"]}
 
 

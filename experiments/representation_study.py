@@ -5,7 +5,8 @@
     python experiments/representation_study.py --variants templated --encoders minilm --seeds 0
 
 Every figure comes from ``router_rl.training.train`` (the code path of ``router-rl train``) on data written as
-a user's files (``data=custom``), with the default policy (``configs/policy/linucb.yaml``), k-fold
+a user's files (``data=custom``), with ``--policy`` (``linucb``: representation.json; the default, ``lowrank_warm``:
+``--policy lowrank_warm --out experiments/results/representation_default.json``), k-fold
 cross-fitting as the train command picks it, no baselines, no MLflow and no export:
 
 - variants: ``plain`` (the bundled arena prompts), ``templated`` (every arena prompt inside one shared
@@ -159,8 +160,9 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="train", overrides=overrides)
 
 
+POLICY = ["linucb"]  # the policy these figures are about (configs/policy/<name>.yaml; --policy)
 BASE = [
-    "policy=linucb",  # the policy these figures are about (configs/policy/linucb.yaml)
+    "policy=linucb",
     "mlflow.enabled=false",
     "export.enabled=false",
     "registry.name=null",
@@ -173,14 +175,14 @@ def run_one(overrides: list[str], seed: int, out_dir: Path) -> dict:
     from router_rl.embeddings import EmbeddingWarning
     from router_rl.training import train
 
-    cfg = compose([*BASE, *overrides, f"seed={seed}"])
+    cfg = compose([*BASE, f"policy={POLICY[0]}", *overrides, f"seed={seed}"])
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with warnings.catch_warnings(record=True) as caught, quiet[0], quiet[1]:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         report = train(cfg, out_dir)
         seconds = time.perf_counter() - t0
-    entry = report["policies"]["linucb"]
+    entry = report["policies"][cfg.policy.get("label") or POLICY[0]]
     flagged = [str(w.message) for w in caught if issubclass(w.category, EmbeddingWarning)]
     return {
         "aiq": entry["aiq"],
@@ -293,8 +295,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "# Prompt representation and encoders",
         "",
         f"Made by `python experiments/representation_study.py` on {results['machine']}; every run is "
-        "`router_rl.training.train` (the code path of `router-rl train`, default LinUCB policy, k-fold as train "
-        "picks it, no baselines). AIQ: mean (sd) over seeds; costs: the least cost reaching 95% / 97% of the "
+        f"`router_rl.training.train` (the code path of `router-rl train`, policy {results.get('policy', 'linucb')}, "
+        "k-fold as train picks it, no baselines). AIQ: mean (sd) over seeds; costs: the least cost reaching 95% / 97% of the "
         "best single model's quality, as a fraction of its cost (mean over seeds); identical: share of prompts "
         "embedded bitwise like a prompt with another text.",
         "",
@@ -361,8 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, plain and templated arena")
     parser.add_argument("--tuning", action="store_true", help="the affix grid on fewshot-A (minilm, head)")
     parser.add_argument("--no-speed", action="store_true", help="skip the prompts/s measurements")
+    parser.add_argument("--policy", default="linucb", help="configs/policy/ option the runs train")
     parser.add_argument("--out", default=str(RESULTS / "representation.json"))
     args = parser.parse_args(argv)
+    POLICY[0] = args.policy
     variants = ["plain", "templated"] if args.quick else args.variants.split(",")
     if args.tuning:
         variants, args.encoders, args.no_speed = ["fewshot-A"], "minilm", True
@@ -370,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"runs": [], "facts": {}, "speed": {}}
+    if results.setdefault("policy", args.policy) != args.policy:
+        parser.error(f"{out} holds runs of policy {results['policy']}; pass another --out for {args.policy}")
     results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     done = {(r["variant"], r["encoder"], r["representation"], r["seed"]) for r in results["runs"]}
 
