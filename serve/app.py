@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router_rl.serve.artifact import ArtifactError
 from router_rl.serve.batching import MicroBatcher
+from router_rl.serve.budget import SpendPacer, log_reader
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
 from router_rl.serve.jsonbody import StrictJSONRoute
@@ -321,6 +322,7 @@ def create_app(
     resolve: Callable[[str], str] | None = None,
     handle_sighup: bool = False,
     follow: RegistrySource | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``router``.
 
@@ -335,6 +337,7 @@ def create_app(
         resolve: maps a reload source to an artifact directory (the CLI resolves ``models:/`` URIs with it).
         handle_sighup: reload the artifact on SIGHUP (the CLI sets it; tests leave it off).
         follow: a registry alias to follow (polled every ``settings.registry_poll_s`` seconds; 0: not).
+        clock: unix seconds for the log's rows and the budget pacer (default ``time.time``; tests drive it).
     """
     from router_rl.serve.upstreams import upstream_map
 
@@ -370,7 +373,19 @@ def create_app(
         artifact_source=artifact_source or str(router.artifact.path),
         resolve=resolve or (lambda s: s),
         rng=np.random.default_rng(settings.seed),
+        clock=clock or time.time,
     )
+    if settings.budget_usd_per_hour > 0 and decision_log is not None:
+        service.pacer = SpendPacer(
+            log_reader(decision_log.target),
+            target_usd_per_hour=settings.budget_usd_per_hour,
+            update_s=settings.budget_update_s,
+            window_s=settings.budget_window_s,
+            step=settings.budget_step,
+            max_multiplier=settings.budget_max_multiplier,
+            clock=service.clock,
+            registry=metrics.registry,
+        )
     watch = (
         RegistryWatch(service, follow, interval_s=settings.registry_poll_s, registry=metrics.registry)
         if follow is not None and settings.registry_poll_s > 0
@@ -631,6 +646,8 @@ def create_app(
             health["replica"] = service.decision_log.replica
         if watch is not None:
             health["registry"] = watch.describe()
+        if service.pacer is not None:
+            health["budget"] = service.pacer.describe()
         if settings.healthz_log_path and service.decision_log is not None:  # a server path: off by default
             health["decision_log_path"] = service.decision_log.location  # a URL without its password
         return JSONResponse(health)

@@ -18,6 +18,7 @@ import numpy as np
 
 from router_rl.serve.artifact import load_artifact
 from router_rl.serve.batching import MicroBatcher, Overloaded
+from router_rl.serve.budget import SpendPacer
 from router_rl.serve.decision_log import DecisionLog, LogFull
 from router_rl.serve.errors import APIError
 from router_rl.serve.exploration import explore_softmax
@@ -37,6 +38,7 @@ class Routed:
     embedding: np.ndarray
     router: Router
     limits: dict[str, Any]
+    multiplier: float = 0.0  # the budget pacer's lambda, already in limits["cost_weight"]
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Service:
     started_at: float = field(default_factory=time.time)
     cooldown: dict[str, float] = field(default_factory=dict)  # model -> monotonic time its 429 pause ends
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pacer: SpendPacer | None = None  # --budget-usd-per-hour
+    clock: Callable[[], float] = time.time  # unix seconds of the log's rows (tests drive it)
 
     # ------------------------------------------------------------------ decisions
     def _batch(self, payloads: list[tuple[str, dict[str, Any]]]) -> list[Routed]:
@@ -96,6 +100,15 @@ class Service:
 
     async def decide(self, prompt: str, limits: dict[str, Any]) -> Routed:
         assert self.batcher is not None
+        multiplier = 0.0
+        if self.pacer is not None:  # every decision prices cost at its own weight + lambda
+            await self.pacer.refresh_if_due()
+            multiplier = self.pacer.multiplier
+            if multiplier > 0:
+                own = limits.get("cost_weight")
+                if own is None:
+                    own = float(self.router.artifact.manifest.get("default_cost_weight", 0.0))
+                limits = {**limits, "cost_weight": float(own) + multiplier}
         t0 = time.perf_counter()
         try:
             routed = self._cached(prompt, limits) if self.settings.inline_cached else None
@@ -122,6 +135,7 @@ class Service:
                 temperature=self.settings.explore_softmax_temperature,
                 rng=self.rng,
             )
+        routed.multiplier = multiplier
         self.metrics.decisions.labels(model=routed.decision.model).inc()
         return routed
 
@@ -137,7 +151,7 @@ class Service:
             cost_weight = float(art.manifest.get("default_cost_weight", 0.0))
         row = {
             "decision_id": d.decision_id,
-            "ts": time.time(),
+            "ts": self.clock(),
             "endpoint": endpoint,
             "policy_version": d.policy_version,
             "models": json.dumps(models),
@@ -149,7 +163,10 @@ class Service:
             "pred_cost_usd": json.dumps([d.estimates[m]["cost_usd"] for m in models]),
             "cost_weight": float(cost_weight),
             "cost_scale": art.cost_scale,
-            "limits": json.dumps({k: v for k, v in routed.limits.items() if v is not None}),
+            "limits": json.dumps(
+                {k: v for k, v in routed.limits.items() if v is not None}
+                | ({"budget_multiplier": routed.multiplier} if self.pacer is not None else {})
+            ),
             "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
             "prompt": prompt if self.settings.log_prompts else None,
             "embedding": (

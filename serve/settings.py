@@ -148,6 +148,15 @@ class ServeSettings:
     healthz_log_path: bool = opt(False, "show the decision log's file path in /healthz (which needs no key)")
     graceful_timeout_s: float = opt(30.0, "on SIGTERM, time given to in-flight requests before closing")
     log_level: str = opt("info", "uvicorn log level")
+    budget_usd_per_hour: float = opt(
+        0.0,
+        "spend target in dollars per hour, shared by every replica of the decision log: a primal-dual multiplier "
+        "added to every cost weight paces the spend (serve/budget.py); 0 = off",
+    )
+    budget_update_s: float = opt(10.0, "seconds between two reads of the log's spend by the budget pacer")
+    budget_window_s: float = opt(300.0, "the spend-rate window the budget pacer steps on, in seconds")
+    budget_step: float = opt(0.05, "the budget pacer's dual step per minute (eta)")
+    budget_max_multiplier: float = opt(20.0, "the largest multiplier the budget pacer adds to a cost weight")
     registry_poll_s: float = opt(
         30.0,
         "when serving a registry alias (models:/NAME@ALIAS or models:/NAME/ALIAS), ask the MLflow registry this "
@@ -211,6 +220,13 @@ class ServeSettings:
         ):
             if getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
+        if not (math.isfinite(self.budget_usd_per_hour) and self.budget_usd_per_hour >= 0):
+            raise bad("budget_usd_per_hour", "dollars per hour >= 0 (0: off)")
+        if self.budget_usd_per_hour > 0 and not self.log_db:
+            raise bad("budget_usd_per_hour", "0 without a decision log (the spend is read from it)")
+        for name in ("budget_update_s", "budget_window_s", "budget_step", "budget_max_multiplier"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise bad(name, "a number > 0")
         if not (math.isfinite(self.registry_poll_s) and self.registry_poll_s >= 0):
             raise bad("registry_poll_s", "seconds >= 0 (0: off)")
         if self.batch_max_wait_ms < 0:
