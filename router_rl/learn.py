@@ -269,6 +269,20 @@ def learn(
             "champion_estimate": champ_value,
         },
     }
+    if data.shadow_action is not None:
+        everything = read_log(
+            log_db, policy_version=policy_version
+        )  # agreement: every decision, graded or not
+        report["shadow"] = shadow_report(
+            data,
+            everything,
+            col=col,
+            keep=keep,
+            reward=reward,
+            q_hat=champ_scores,
+            allowed=allowed,
+            level=level,
+        )
     (out / "ope.json").write_text(json.dumps(report, indent=2) + "\n")
     result = LearnResult(artifact=cand_dir, ope=report)
     if promote:
@@ -276,6 +290,58 @@ def learn(
             cand_dir, out / "ope.json", report, promote, tracking_uri=tracking_uri, wheel=wheel
         )
     return result
+
+
+def shadow_report(
+    data: Any,
+    everything: Any,
+    *,
+    col: np.ndarray,
+    keep: np.ndarray,
+    reward: np.ndarray,
+    q_hat: np.ndarray,
+    allowed: np.ndarray,
+    level: float,
+) -> dict[str, Any]:
+    """What the shadow policy (``serve --shadow``) would have done, from the same log: its agreement with the
+    logged (served) decisions over every decision it shadowed, and its IPS, SNIPS and DR value over the graded
+    ones. The shadow is evaluated as the deterministic policy of its logged choices (it does not explore);
+    none of these rows were used to fit it, so all of them evaluate it (no holdout).
+
+    Args: ``data`` the graded rows as ``learn`` read them, ``everything`` all rows; ``col`` maps the log's
+    model index to the artifact's; ``keep`` (n,) the rows ``learn`` kept, ``reward``, ``q_hat`` (champion's
+    reward predictions) and ``allowed`` aligned with them."""
+    from router_rl import ope
+
+    shadowed = everything.shadow_action >= 0 if everything.shadow_action is not None else np.zeros(0, bool)
+    agree = (
+        everything.shadow_action[shadowed] == everything.action[shadowed] if shadowed.any() else np.zeros(0)
+    )
+    versions = sorted({str(v) for v in everything.shadow_policy_version[shadowed]}) if shadowed.any() else []
+    out: dict[str, Any] = {
+        "policy_versions": versions,
+        "n_shadowed": int(shadowed.sum()),
+        "agreement": float(agree.mean()) if agree.size else None,
+    }
+    s_log = data.shadow_action[keep]
+    s_act = np.where(s_log >= 0, col[np.maximum(s_log, 0)], -1)  # the artifact's index, -1: none or foreign
+    a = col[data.action[keep]]
+    rows = (s_act >= 0) & np.isfinite(reward)
+    rows &= allowed[np.arange(len(s_act)), np.maximum(s_act, 0)]
+    out["n_evaluated"] = int(rows.sum())
+    if rows.any():
+        p = np.zeros((int(rows.sum()), q_hat.shape[1]))
+        p[np.arange(p.shape[0]), s_act[rows]] = 1.0
+        try:
+            est = ope.estimate_all(
+                reward[rows], data.propensity[keep][rows], a[rows], p, q_hat[rows], level=level
+            )
+        except ValueError as err:  # e.g. the shadow never chose what was served: no support in this log
+            out["estimates"], out["error"] = None, str(err)
+        else:
+            out["estimates"] = {name: e.to_dict() for name, e in est.items()}
+            out["ess"] = est["ips"].ess
+    return out
 
 
 def _count_sources(sources: np.ndarray | None) -> dict[str, int]:

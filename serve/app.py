@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router_rl.serve.artifact import ArtifactError
+from router_rl.serve.artifact import ArtifactError, load_artifact
 from router_rl.serve.batching import MicroBatcher
 from router_rl.serve.budget import SpendPacer, log_reader
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
@@ -323,6 +323,7 @@ def create_app(
     handle_sighup: bool = False,
     follow: RegistrySource | None = None,
     clock: Callable[[], float] | None = None,
+    shadow: Router | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``router``.
 
@@ -338,6 +339,8 @@ def create_app(
         handle_sighup: reload the artifact on SIGHUP (the CLI sets it; tests leave it off).
         follow: a registry alias to follow (polled every ``settings.registry_poll_s`` seconds; 0: not).
         clock: unix seconds for the log's rows and the budget pacer (default ``time.time``; tests drive it).
+        shadow: a router that decides beside ``router`` and is logged, never served (default: loaded from
+            ``settings.shadow`` through ``resolve``, sharing the router's encoder).
     """
     from router_rl.serve.upstreams import upstream_map
 
@@ -348,6 +351,16 @@ def create_app(
         upstreams = upstream_map(
             settings.upstream, settings.upstreams, api_key_env=settings.upstream_api_key_env
         )
+    if shadow is None and settings.shadow:
+        shadow_art = load_artifact((resolve or (lambda s: s))(settings.shadow), device=router.artifact.device)
+        mine, theirs = router.artifact.manifest["embedder"], shadow_art.manifest["embedder"]
+        if mine != theirs:
+            differ = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+            raise ArtifactError(
+                f"--shadow {settings.shadow}: its encoder settings ({', '.join(differ)}) differ from the served "
+                "policy's; a shadow decides on the same embedding, so it needs the same encoder"
+            )
+        shadow = Router(shadow_art, embedder=router.embedder, **settings.router_kwargs())
     own_log = decision_log is None and bool(settings.log_db)
     if own_log:
         decision_log = DecisionLog(settings.log_db, replica=settings.replica_id)  # type: ignore[arg-type]
@@ -374,6 +387,7 @@ def create_app(
         resolve=resolve or (lambda s: s),
         rng=np.random.default_rng(settings.seed),
         clock=clock or time.time,
+        shadow=shadow,
     )
     if settings.budget_usd_per_hour > 0 and decision_log is not None:
         service.pacer = SpendPacer(
@@ -648,6 +662,15 @@ def create_app(
             health["registry"] = watch.describe()
         if service.pacer is not None:
             health["budget"] = service.pacer.describe()
+        if service.shadow is not None:
+            counts = service.shadow_counts
+            decided = counts["agree"] + counts["disagree"]
+            health["shadow"] = {
+                "policy_version": service.shadow.artifact.version,
+                "decisions": decided,
+                "agreement": counts["agree"] / decided if decided else None,
+                "errors": counts["error"],
+            }
         if settings.healthz_log_path and service.decision_log is not None:  # a server path: off by default
             health["decision_log_path"] = service.decision_log.location  # a URL without its password
         return JSONResponse(health)

@@ -16,6 +16,11 @@ Tables:
     both graded one decision, the reader takes the client's grade (the person who saw the answer outranks
     the sampled judge) unless asked for one source (``feedback_source``).
 
+    ``shadow_decisions``: one row per served decision a shadow policy (``--shadow``) also decided, keyed by
+    the served ``decision_id`` (no foreign key: a shadow row never fails its group): time, the shadow's
+    policy version, its ``models``, ``action``/``model``, ``propensity``, ``scores`` and predictions (JSON
+    lists aligned with its own ``models``), and the ``replica``. Never served, never seen by the client.
+
 One writer thread owns the connection and commits in groups: everything queued while it was syncing the
 previous group goes into the next transaction (group commit), so under load one sync covers many rows.
 ``synchronous=FULL`` in WAL mode syncs the log file on every commit (PostgreSQL: ``synchronous_commit=on``
@@ -75,6 +80,19 @@ DECISION_COLUMNS = (
     "api_key",
     "replica",
 )
+SHADOW_COLUMNS = (
+    "decision_id",
+    "ts",
+    "policy_version",
+    "models",
+    "action",
+    "model",
+    "propensity",
+    "scores",
+    "pred_quality",
+    "pred_cost_usd",
+    "replica",
+)
 OUTCOME_COLUMNS = (
     "answered_by",
     "status",
@@ -101,7 +119,7 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
 
 @dataclass
 class _Op:
-    kind: str  # decision | outcome | feedback | flush
+    kind: str  # decision | shadow | outcome | feedback | flush
     args: tuple
     future: Future | None = field(default=None, repr=False)
 
@@ -148,6 +166,11 @@ class DecisionLog:
         if not self._put(_Op("decision", tuple(row.get(c) for c in DECISION_COLUMNS), future)):
             future.set_exception(LogFull("the decision log writer is behind; the decision was not logged"))
         return future
+
+    def log_shadow(self, row: dict[str, Any]) -> bool:
+        """Queue a shadow decision row (keys: :data:`SHADOW_COLUMNS`); not awaited by anyone."""
+        row = {**row, "replica": row.get("replica") or self.replica}
+        return self._put(_Op("shadow", tuple(row.get(c) for c in SHADOW_COLUMNS)))
 
     def log_outcome(self, decision_id: str, **outcome: Any) -> bool:
         """Queue what happened upstream (keys: :data:`OUTCOME_COLUMNS`)."""
@@ -230,6 +253,12 @@ class DecisionLog:
                         op.args,
                     )
                     results.append((op.future, None))  # type: ignore[arg-type]
+                elif op.kind == "shadow":
+                    db.execute(
+                        f"INSERT INTO shadow_decisions ({', '.join(SHADOW_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(SHADOW_COLUMNS))}) ON CONFLICT (decision_id) DO NOTHING",
+                        op.args,
+                    )
                 elif op.kind == "outcome":
                     db.execute(
                         f"UPDATE decisions SET {', '.join(f'{c} = ?' for c in OUTCOME_COLUMNS)} WHERE decision_id = ?",
@@ -296,6 +325,10 @@ class LoggedBanditData:
         contexts: (n, d) float32 embeddings or None when the log holds none (``--log-embeddings`` off).
         replica: (n,) str, the replica that made each decision ('' in logs older than the column).
         feedback_source: (n,) str, who graded the row's ``quality``: ``client``, ``judge``, or '' (none).
+        shadow_action: (n,) int64, the shadow policy's choice as an index into ``models``; -1 where no shadow
+            decided (or it chose a model outside ``models``). None when the log has no shadow rows.
+        shadow_propensity: (n,) float64, its probability (NaN where none). shadow_policy_version: (n,) str.
+        shadow_scores: (n, K) float64, its decision scores (NaN: excluded or unknown to it).
     """
 
     models: list[str]
@@ -319,6 +352,10 @@ class LoggedBanditData:
     contexts: np.ndarray | None
     replica: np.ndarray | None = None
     feedback_source: np.ndarray | None = None
+    shadow_action: np.ndarray | None = None
+    shadow_propensity: np.ndarray | None = None
+    shadow_policy_version: np.ndarray | None = None
+    shadow_scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -377,6 +414,11 @@ class LoggedBanditData:
             cols["feedback_source"] = self.feedback_source
         if self.prompts is not None:
             cols["prompt"] = self.prompts
+        if self.shadow_action is not None:
+            names = np.asarray([*self.models, ""], dtype=object)
+            cols["shadow_model"] = names[self.shadow_action] if len(self) else []
+            cols["shadow_propensity"] = self.shadow_propensity
+            cols["shadow_policy_version"] = self.shadow_policy_version
         for k, m in enumerate(self.models):
             cols[f"score/{m}"] = self.scores[:, k]
             cols[f"pred_quality/{m}"] = self.pred_quality[:, k]
@@ -427,8 +469,13 @@ def read_logged_bandit_data(
     try:
         version = db.fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
         feedback = "feedback"
-        if version and int(version[0][0]) < 3:  # a log no server of this version opened: no source column
+        schema = int(version[0][0]) if version else SCHEMA_VERSION
+        if schema < 3:  # a log no server of this version opened: no source column
             feedback = "(SELECT decision_id, 'client' AS source, quality, cost_usd, latency_s FROM feedback)"
+        shadow_cols, shadow_join = ", NULL, NULL, NULL, NULL, NULL", ""
+        if schema >= 4:
+            shadow_cols = ", s.models, s.model, s.propensity, s.policy_version, s.scores"
+            shadow_join = " LEFT JOIN shadow_decisions s ON s.decision_id = d.decision_id"
         where, params = [], []
         if policy_version is not None:
             where.append("d.policy_version = ?")
@@ -447,10 +494,11 @@ def read_logged_bandit_data(
             "SELECT d.decision_id, d.ts, d.policy_version, d.prompt_sha256, d.models, d.model, d.propensity,"
             " d.cost_weight, d.cost_scale, d.scores, d.pred_quality, d.pred_cost_usd, d.prompt, d.embedding,"
             f" d.answered_by, d.cost_usd, d.latency_s, {pick('quality')}, {pick('cost_usd')},"
-            f" {pick('latency_s')}, d.replica, {source_sql}"
+            f" {pick('latency_s')}, d.replica, {source_sql}{shadow_cols}"
             " FROM decisions d"
             f" LEFT JOIN {feedback} fc ON fc.decision_id = d.decision_id AND fc.source = 'client'"
             f" LEFT JOIN {feedback} fj ON fj.decision_id = d.decision_id AND fj.source = 'judge'"
+            + shadow_join
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + f" ORDER BY d.ts, {db.order_tiebreak}"
         )
@@ -481,6 +529,21 @@ def read_logged_bandit_data(
         spread(json.loads(r[9]), names, scores[i])
         spread(json.loads(r[10]), names, pred_q[i])
         spread(json.loads(r[11]), names, pred_c[i])
+
+    shadow_action = shadow_p = shadow_v = shadow_s = None
+    if any(r[22] is not None for r in rows):
+        shadow_action = np.full(n, -1, dtype=np.int64)
+        shadow_p, shadow_s = np.full(n, np.nan), np.full((n, k), np.nan)
+        shadow_v = np.array([r[25] or "" for r in rows], dtype=object)
+        for i, r in enumerate(rows):
+            if r[22] is None:
+                continue
+            names = json.loads(r[22])
+            shadow_action[i] = index.get(r[23], -1)
+            shadow_p[i] = r[24]
+            for m, v in zip(names, json.loads(r[26]), strict=True):
+                if m in index:
+                    shadow_s[i, index[m]] = np.nan if v is None else v
 
     def column(j: int, dtype: Any = float) -> np.ndarray:
         return np.array([np.nan if r[j] is None else r[j] for r in rows], dtype=dtype)
@@ -515,6 +578,10 @@ def read_logged_bandit_data(
         contexts=contexts,
         replica=np.array([r[20] or "" for r in rows], dtype=object),
         feedback_source=np.array([r[21] or "" for r in rows], dtype=object),
+        shadow_action=shadow_action,
+        shadow_propensity=shadow_p,
+        shadow_policy_version=shadow_v,
+        shadow_scores=shadow_s,
     )
 
 
@@ -525,6 +592,7 @@ _STRING_ARRAYS = (
     "answered_by",
     "replica",
     "feedback_source",
+    "shadow_policy_version",
 )
 
 
@@ -542,7 +610,8 @@ def export_logged_data(db: str | os.PathLike[str], out: str | Path, **filters: A
             if isinstance(v, np.ndarray) and k not in _STRING_ARRAYS + ("prompts",)
         }
         for k in _STRING_ARRAYS:
-            arrays[k] = np.asarray(getattr(data, k), dtype=str)
+            if getattr(data, k) is not None:
+                arrays[k] = np.asarray(getattr(data, k), dtype=str)
         if data.prompts is not None:
             arrays["prompts"] = np.asarray(data.prompts, dtype=str)
         np.savez_compressed(out, models=np.asarray(data.models, dtype=str), **arrays)

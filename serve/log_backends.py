@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first sqlite log; 2: a ``replica`` column on decisions and feedback; 3: a ``source`` column on
 feedback (``client`` or ``judge``), keyed by ``(decision_id, source)`` so a client's grade and the judge's
-of one decision are both kept (older logs are migrated; their feedback rows become ``client``)."""
+of one decision are both kept (older logs are migrated; their feedback rows become ``client``); 4: a
+``shadow_decisions`` table, the decisions a shadow policy made beside the served ones (``--shadow``)."""
 
 FEEDBACK_SOURCES = ("client", "judge")
 """Who graded a decision: a client through ``POST /v1/feedback``, or the judge sampler (serve/judging.py)."""
@@ -75,6 +76,19 @@ CREATE TABLE IF NOT EXISTS feedback (
     replica TEXT,
     PRIMARY KEY (decision_id, source)
 );
+CREATE TABLE IF NOT EXISTS shadow_decisions (
+    decision_id TEXT PRIMARY KEY,
+    ts {real} NOT NULL,
+    policy_version TEXT NOT NULL,
+    models TEXT NOT NULL,
+    action INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    propensity {real} NOT NULL,
+    scores TEXT NOT NULL,
+    pred_quality TEXT NOT NULL,
+    pred_cost_usd TEXT NOT NULL,
+    replica TEXT
+);
 """
 SQLITE_SCHEMA = _TABLES.format(seq="", real="REAL", blob="BLOB")
 POSTGRES_SCHEMA = _TABLES.format(
@@ -102,6 +116,7 @@ _MIGRATIONS: dict[int, dict[str, list[str]]] = {  # from version -> per backend,
             "ALTER TABLE feedback ADD PRIMARY KEY (decision_id, source)",
         ],
     },
+    3: {"sqlite": [], "postgresql": []},  # shadow_decisions: a new table, created with the others
 }
 _SCHEMA_LOCK = 0x726F7574  # pg_advisory_xact_lock key: replicas starting together create the tables once
 

@@ -108,6 +108,12 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self.shadow = Counter(
+            "router_rl_shadow_decisions",
+            "Decisions of the shadow policy (--shadow) by result: agree or disagree with the served one, error",
+            ["result"],
+            registry=r,
+        )
         self.queue = Gauge("router_rl_batch_queue", "Requests waiting for a decision", registry=r)
         self.embedding_cache = Counter(
             "router_rl_embedding_cache",

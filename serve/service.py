@@ -30,6 +30,12 @@ from router_rl.serve.upstreams import UpstreamMap
 log = logging.getLogger("router_rl.serve")
 
 
+def same_encoder(a: Router, b: Router) -> bool:
+    """Whether two routers' artifacts embed prompts identically (the same ``embedder`` block of the manifest:
+    encoder, dimension, representation), so one embedding serves both."""
+    return a.artifact.manifest["embedder"] == b.artifact.manifest["embedder"]
+
+
 @dataclass
 class Routed:
     """A decision as the batcher returns it: with the embedding and the router that made it."""
@@ -39,6 +45,7 @@ class Routed:
     router: Router
     limits: dict[str, Any]
     multiplier: float = 0.0  # the budget pacer's lambda, already in limits["cost_weight"]
+    shadow: Decision | None = None  # what the shadow policy would have chosen (never served)
 
 
 @dataclass
@@ -59,6 +66,8 @@ class Service:
     cooldown: dict[str, float] = field(default_factory=dict)  # model -> monotonic time its 429 pause ends
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pacer: SpendPacer | None = None  # --budget-usd-per-hour
+    shadow: Router | None = None  # --shadow: decides beside the served policy, on the same embedding
+    shadow_counts: dict[str, int] = field(default_factory=lambda: {"agree": 0, "disagree": 0, "error": 0})
     clock: Callable[[], float] = time.time  # unix seconds of the log's rows (tests drive it)
 
     # ------------------------------------------------------------------ decisions
@@ -137,7 +146,33 @@ class Service:
             )
         routed.multiplier = multiplier
         self.metrics.decisions.labels(model=routed.decision.model).inc()
+        if self.shadow is not None:
+            routed.shadow = self.shadow_decide(routed)
         return routed
+
+    def shadow_decide(self, routed: Routed) -> Decision | None:
+        """The shadow policy's decision on the served decision's embedding and limits (one head pass), or None
+        when it cannot decide (no candidate it knows, an error: counted, never seen by the client)."""
+        shadow = self.shadow
+        assert shadow is not None
+        limits = dict(routed.limits)
+        if limits.get("candidates") is not None:
+            limits["candidates"] = [m for m in limits["candidates"] if m in shadow.models]
+            if not limits["candidates"]:
+                return None
+        try:
+            decision = shadow.decide_rows(np.asarray(routed.embedding, dtype=np.float32)[None, :], [limits])[
+                0
+            ]
+        except Exception as err:  # noqa: BLE001 - the shadow must never touch the response
+            log.warning("shadow decision failed: %s", err)
+            self.shadow_counts["error"] += 1
+            self.metrics.shadow.labels(result="error").inc()
+            return None
+        result = "agree" if decision.model == routed.decision.model else "disagree"
+        self.shadow_counts[result] += 1
+        self.metrics.shadow.labels(result=result).inc()
+        return decision
 
     def log_decision(self, routed: Routed, prompt: str, endpoint: str, api_key: str) -> Future | None:
         """Queue the decision's log row; the future resolves once it is committed and synced (None: no log)."""
@@ -179,6 +214,23 @@ class Service:
         future = self.decision_log.log_decision(row)
         if future.done() and future.exception() is not None:
             self.metrics.log_dropped.inc()
+        elif routed.shadow is not None:  # queued after its decision: the same or a later group
+            s = routed.shadow
+            names = self.shadow.models if self.shadow is not None else list(s.scores)
+            self.decision_log.log_shadow(
+                {
+                    "decision_id": d.decision_id,
+                    "ts": row["ts"],
+                    "policy_version": s.policy_version,
+                    "models": json.dumps(names),
+                    "action": names.index(s.model),
+                    "model": s.model,
+                    "propensity": s.propensity,
+                    "scores": json.dumps([s.scores.get(m) for m in names]),
+                    "pred_quality": json.dumps([s.estimates[m]["quality"] for m in names]),
+                    "pred_cost_usd": json.dumps([s.estimates[m]["cost_usd"] for m in names]),
+                }
+            )
         return future
 
     async def logged(self, future: Future | None) -> bool:
@@ -229,6 +281,13 @@ class Service:
                 self.metrics.reloads.labels(result="error").inc()
                 log.error("reload of %s failed: %s", source, err)
                 raise
+            if self.shadow is not None and not same_encoder(new, self.shadow):
+                log.warning(
+                    "shadow policy %s dropped: the reloaded policy %s encodes prompts differently",
+                    self.shadow.artifact.version,
+                    new.artifact.version,
+                )
+                self.shadow = None
             self.router = new
             if remember:
                 self.artifact_source = source

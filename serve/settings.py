@@ -157,6 +157,11 @@ class ServeSettings:
     budget_window_s: float = opt(300.0, "the spend-rate window the budget pacer steps on, in seconds")
     budget_step: float = opt(0.05, "the budget pacer's dual step per minute (eta)")
     budget_max_multiplier: float = opt(20.0, "the largest multiplier the budget pacer adds to a cost weight")
+    shadow: str | None = opt(
+        None,
+        "a candidate artifact (directory or models:/ URI) that decides beside the served policy on every routed "
+        "request (same embedding, one extra head pass), logged to shadow_decisions, never served",
+    )
     registry_poll_s: float = opt(
         30.0,
         "when serving a registry alias (models:/NAME@ALIAS or models:/NAME/ALIAS), ask the MLflow registry this "
@@ -227,6 +232,8 @@ class ServeSettings:
         for name in ("budget_update_s", "budget_window_s", "budget_step", "budget_max_multiplier"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
+        if self.shadow is not None and not self.shadow.strip():
+            raise bad("shadow", "an artifact directory or a models:/ URI")
         if not (math.isfinite(self.registry_poll_s) and self.registry_poll_s >= 0):
             raise bad("registry_poll_s", "seconds >= 0 (0: off)")
         if self.batch_max_wait_ms < 0:
@@ -342,7 +349,14 @@ def convert(name: str, text: str, where: str) -> Any:
             return float(text)
         except ValueError:
             raise SettingsError(f"{where}={text!r}: expected a number") from None
-    if name in ("log_db", "replica_id", "upstream", "upstreams", "admin_token") and text.strip().lower() in (
+    if name in (
+        "log_db",
+        "replica_id",
+        "upstream",
+        "upstreams",
+        "admin_token",
+        "shadow",
+    ) and text.strip().lower() in (
         "",
         "none",
     ):
