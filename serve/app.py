@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,7 +36,7 @@ from router_rl.serve.budget import SpendPacer, log_reader
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
 from router_rl.serve.jsonbody import StrictJSONRoute
-from router_rl.serve.judging import answer_text, from_settings
+from router_rl.serve.judging import StreamText, answer_text, from_settings
 from router_rl.serve.metrics import Metrics
 from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy
 from router_rl.serve.registry_watch import RegistrySource, RegistryWatch
@@ -598,11 +598,18 @@ def create_app(
         )
         if sticky is not None and response.status_code < 300:  # the next turn goes to who answered this one
             sticky.remember(next_turn_key(body.messages), response.headers.get(HEADER_MODEL))
-        if judging is not None and not body.stream and response.status_code == 200:
-            answer = answer_text(response)
-            if answer is not None and judging.sample():  # graded once the answer has been sent
+        if judging is not None and response.status_code == 200:
+            if not body.stream:
+                answer = answer_text(response)
+                if answer is not None and judging.sample():  # graded once the answer has been sent
+                    response.background = BackgroundTask(
+                        judging.grade, routed.decision.decision_id, prompt, answer
+                    )
+            elif isinstance(response, StreamingResponse) and judging.sample():
+                text = StreamText()  # gathers the streamed text as it passes; graded after the stream ended
+                response.body_iterator = text.relay(response.body_iterator)
                 response.background = BackgroundTask(
-                    judging.grade, routed.decision.decision_id, prompt, answer
+                    judging.grade_stream, routed.decision.decision_id, prompt, text
                 )
         return response
 

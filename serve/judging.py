@@ -1,16 +1,18 @@
 """Judge sampling: a share of answered chat requests graded by an LLM judge after the answer was sent.
 
-For each answered, non-streamed chat request, with probability ``judge_share`` and while the judge's spend
+For each answered chat request, streamed or not, with probability ``judge_share`` and while the judge's spend
 over the last hour is under ``judge_budget_usd_per_hour``, the service schedules a background task (Starlette
 runs it after the response body has gone out, so never on the request path) that grades the answer with
 :class:`router_rl.judge.Judge` (MT-Bench single grade, quality = score / 10) and stores the grade as the
 decision's feedback with ``source = 'judge'`` (a client's ``POST /v1/feedback`` is stored as ``client``;
 both are kept, and readers prefer the client's grade where both exist: ``read_logged_bandit_data``'s
 ``feedback_source``, ``router-rl learn --feedback-source``). A judge that fails or answers unreadably is
-counted, never seen by the client. Streamed answers are not graded yet.
+counted, never seen by the client. A streamed answer is graded on the text of its content deltas, gathered
+as the events pass to the client (:class:`StreamText`: the stream itself is untouched); a stream that broke
+or ended without ``data: [DONE]`` is not graded (``router_rl_judge_skipped{reason="incomplete"}``).
 
 Metrics: ``router_rl_judge_grades{outcome}`` (ok, error, unparsed, log_error),
-``router_rl_judge_skipped{reason}`` (sampled_out, budget), ``router_rl_judge_spend_usd``.
+``router_rl_judge_skipped{reason}`` (sampled_out, budget, incomplete), ``router_rl_judge_spend_usd``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class JudgeSampler:
         )
         self.skipped = Counter(
             "router_rl_judge_skipped",
-            "Answers not graded (sampled_out, budget)",
+            "Answers not graded (sampled_out, budget, incomplete: a stream that did not end with [DONE])",
             ["reason"],
             registry=registry,
         )
@@ -117,6 +119,14 @@ class JudgeSampler:
             return
         self.grades.labels(outcome="ok").inc()
 
+    async def grade_stream(self, decision_id: str, prompt: str, text: StreamText) -> None:
+        """Grade a streamed answer once its stream has ended (the response's background task)."""
+        answer = text.answer()
+        if answer is None:
+            self.skipped.labels(reason="incomplete").inc()
+            return
+        await self.grade(decision_id, prompt, answer)
+
     async def aclose(self) -> None:
         if self._judge is not None:
             await self._judge.aclose()
@@ -161,3 +171,58 @@ def answer_text(response: Any) -> str | None:
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return None
     return content if isinstance(content, str) and content else None
+
+
+class StreamText:
+    """The assistant's text of a streamed chat completion, gathered from its server-sent events as they pass.
+
+    :meth:`relay` wraps the response's body iterator: every chunk goes on to the client unchanged, and the
+    ``choices[0].delta.content`` of each ``data:`` event is appended. :meth:`answer` is the text when the
+    stream ended with ``data: [DONE]`` and no error event, else None.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.done = False
+        self.failed = False
+        self._pending = ""
+
+    def feed(self, chunk: bytes | str) -> None:
+        import json
+
+        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else chunk
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()  # an unfinished line waits for the next chunk
+        for line in lines:
+            line = line.rstrip("\r")
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                self.done = True
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if "error" in event:
+                self.failed = True
+                continue
+            try:
+                content = event["choices"][0]["delta"].get("content")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                continue
+            if isinstance(content, str):
+                self.parts.append(content)
+
+    async def relay(self, body: Any) -> Any:
+        """``body`` (an async iterator of chunks), passed through while its text is gathered."""
+        async for chunk in body:
+            self.feed(chunk)
+            yield chunk
+
+    def answer(self) -> str | None:
+        text = "".join(self.parts)
+        return text if self.done and not self.failed and text else None

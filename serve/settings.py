@@ -114,7 +114,8 @@ class ServeSettings:
     )
     seed: int = opt(0, "seeds the exploration draws")
     judge_share: float = opt(
-        0.0, "share of answered (non-streamed) chat requests graded by the judge after the answer; 0 = off"
+        0.0,
+        "share of answered chat requests (streamed ones too) graded by the judge after the answer; 0 = off",
     )
     judge_url: str | None = opt(None, "the judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:4000/v1")
     judge_model: str = opt("judge", "the model name sent to the judge endpoint")
