@@ -160,7 +160,9 @@ def _export(resolved: str, out: Path) -> None:
     }
     (out / "encoder.json").write_text(json.dumps(sidecar, indent=2))
     with torch.no_grad():
-        want = st.encode(list(PROBES), convert_to_numpy=True, normalize_embeddings=True)
+        want = st.encode(
+            list(PROBES), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
     _check(out, "model.onnx", want, FP32_MIN_COSINE)
     (out / "reference.npy").write_bytes(_npy(want))
 
