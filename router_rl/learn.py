@@ -555,10 +555,10 @@ def main(args: Sequence[str]) -> int:
     )
     parser.add_argument(
         "--feedback-source",
-        choices=("any", "judge", "client"),
+        choices=("any", "judge", "client", "pairwise"),
         default="any",
         help="whose grades to learn from: any (a client's grade where a client gave one, else the judge's), "
-        "judge or client",
+        "judge, client, or pairwise (win rates against the reference model)",
     )
     parser.add_argument(
         "--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite)"

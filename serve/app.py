@@ -36,9 +36,9 @@ from router_rl.serve.budget import SpendPacer, log_reader
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
 from router_rl.serve.jsonbody import StrictJSONRoute
-from router_rl.serve.judging import StreamText, answer_text, from_settings
+from router_rl.serve.judging import StreamText, answer_text, answer_text_of, from_settings
 from router_rl.serve.metrics import Metrics
-from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy
+from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy, usage_cost
 from router_rl.serve.registry_watch import RegistrySource, RegistryWatch
 from router_rl.serve.router import Router
 from router_rl.serve.schemas import (
@@ -53,9 +53,9 @@ from router_rl.serve.schemas import (
     RouteResponse,
 )
 from router_rl.serve.service import Service
-from router_rl.serve.settings import ServeSettings
+from router_rl.serve.settings import ServeSettings, SettingsError
 from router_rl.serve.sticky import StickyConversations, conversation_key, next_turn_key
-from router_rl.serve.upstreams import UpstreamMap, new_client
+from router_rl.serve.upstreams import UpstreamMap, call_json, new_client
 
 log = logging.getLogger("router_rl.serve")
 
@@ -370,8 +370,35 @@ def create_app(
         if settings.sticky_conversations
         else None
     )
+    reference_model = settings.judge_reference_model if settings.judge_pairwise_share > 0 else None
+    if reference_model is not None and (
+        reference_model not in router.models or upstreams.get(reference_model) is None
+    ):
+        raise SettingsError(
+            f"setting judge_reference_model={reference_model!r}: expected one of this artifact's models that "
+            f"has an upstream ({', '.join(m for m in router.models if upstreams.get(m) is not None) or 'none'})"
+        )
+
+    async def reference_answer(payload: dict[str, Any]) -> tuple[str, float]:
+        """The reference model's answer to a chat payload, and its cost (for the pairwise judge)."""
+        assert reference_model is not None and service.client is not None
+        upstream = service.upstreams.get(reference_model)
+        if upstream is None:
+            raise RuntimeError(f"no upstream for the reference model {reference_model!r}")
+        request = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+        deadline = asyncio.get_running_loop().time() + settings.upstream_attempt_timeout_s
+        attempt, _, data = await call_json(
+            service.client, upstream, {**request, "model": upstream.model}, reference_model, deadline=deadline
+        )
+        if not attempt.ok or data is None:
+            raise RuntimeError(f"reference model {reference_model}: {attempt.kind} {attempt.detail}".strip())
+        text = answer_text_of(data)
+        if text is None:
+            raise RuntimeError(f"reference model {reference_model}: no answer text")
+        return text, usage_cost(service.router, reference_model, data.get("usage"))[2] or 0.0
+
     judging = (
-        from_settings(settings, decision_log, metrics.registry)
+        from_settings(settings, decision_log, metrics.registry, reference_answer if reference_model else None)
         if settings.judge_share > 0 and decision_log is not None
         else None
     )
@@ -603,13 +630,23 @@ def create_app(
                 answer = answer_text(response)
                 if answer is not None and judging.sample():  # graded once the answer has been sent
                     response.background = BackgroundTask(
-                        judging.grade, routed.decision.decision_id, prompt, answer
+                        judging.grade,
+                        routed.decision.decision_id,
+                        prompt,
+                        answer,
+                        payload=payload,
+                        model=response.headers.get(HEADER_MODEL),
                     )
             elif isinstance(response, StreamingResponse) and judging.sample():
                 text = StreamText()  # gathers the streamed text as it passes; graded after the stream ended
                 response.body_iterator = text.relay(response.body_iterator)
                 response.background = BackgroundTask(
-                    judging.grade_stream, routed.decision.decision_id, prompt, text
+                    judging.grade_stream,
+                    routed.decision.decision_id,
+                    prompt,
+                    text,
+                    payload=payload,
+                    model=response.headers.get(HEADER_MODEL),
                 )
         return response
 

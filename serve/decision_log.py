@@ -12,7 +12,8 @@ Tables:
     ``replica`` that decided.
     ``feedback``: one row per (decision_id, ``source``), the latest of each source winning: ``quality`` in
     [0, 1], optional ``cost_usd`` and ``latency_s``, time, and the ``replica`` that took it (any replica finds
-    any decision). ``source`` is ``client`` (``POST /v1/feedback``) or ``judge`` (the judge sampler). When
+    any decision). ``source`` is ``client`` (``POST /v1/feedback``), ``judge`` (the judge sampler) or
+    ``pairwise`` (the judge's comparison with a reference model's answer, read only when asked for). When
     both graded one decision, the reader takes the client's grade (the person who saw the answer outranks
     the sampled judge) unless asked for one source (``feedback_source``).
 
@@ -186,7 +187,7 @@ class DecisionLog:
         latency_s: float | None = None,
         source: str = "client",
     ) -> Future:
-        """Queue feedback from ``source`` (``client`` or ``judge``; the latest of each source is kept); the
+        """Queue feedback from ``source`` (client, judge or pairwise; the latest of each source is kept); the
         future resolves once it is committed and synced (raises :class:`UnknownDecision` for an unknown id,
         :class:`LogFull` when the queue is full)."""
         if source not in FEEDBACK_SOURCES:
@@ -447,8 +448,9 @@ def read_logged_bandit_data(
             failure made the server fall back). Off by default: their outcome belongs to another action than
             the one whose propensity was logged, so they would bias off-policy estimates.
         feedback_source: whose grades count: ``any`` (the client's where a client graded, else the
-            judge's), ``client`` or ``judge`` (the other source's grades are ignored: a decision only it
-            graded reads as without feedback).
+            judge's single grade), ``client``, ``judge`` or ``pairwise`` (the served answer's win rate against
+            the reference model's, a scale of its own, so ``any`` never mixes it in); with one source the
+            others' grades are ignored: a decision only they graded reads as without feedback.
     """
     if feedback_source not in ("any", *FEEDBACK_SOURCES):
         raise ValueError(f"feedback_source {feedback_source!r}: expected any, {', '.join(FEEDBACK_SOURCES)}")
@@ -459,7 +461,7 @@ def read_logged_bandit_data(
 
         source_sql = "CASE WHEN fc.decision_id IS NOT NULL THEN 'client' WHEN fj.decision_id IS NOT NULL THEN 'judge' END"
     else:
-        alias = "fc" if feedback_source == "client" else "fj"
+        alias = {"client": "fc", "judge": "fj", "pairwise": "fp"}[feedback_source]
 
         def pick(col: str) -> str:
             return f"{alias}.{col}"
@@ -498,6 +500,7 @@ def read_logged_bandit_data(
             " FROM decisions d"
             f" LEFT JOIN {feedback} fc ON fc.decision_id = d.decision_id AND fc.source = 'client'"
             f" LEFT JOIN {feedback} fj ON fj.decision_id = d.decision_id AND fj.source = 'judge'"
+            f" LEFT JOIN {feedback} fp ON fp.decision_id = d.decision_id AND fp.source = 'pairwise'"
             + shadow_join
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + f" ORDER BY d.ts, {db.order_tiebreak}"

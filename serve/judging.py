@@ -11,6 +11,13 @@ counted, never seen by the client. A streamed answer is graded on the text of it
 as the events pass to the client (:class:`StreamText`: the stream itself is untouched); a stream that broke
 or ended without ``data: [DONE]`` is not graded (``router_rl_judge_skipped{reason="incomplete"}``).
 
+Pairwise (``judge_pairwise_share`` of the graded answers, with ``judge_reference_model``): the reference
+model (a catalog model with an upstream) answers the same request too, and the judge compares the two answers
+in both orders (:meth:`router_rl.judge.Judge.compare`, position bias cancelling); the served answer's win rate
+(1 win, 0.5 tie, 0 loss, averaged over the orders) is stored with ``source = 'pairwise'``. Answers that the
+reference model itself served are not compared. The reference answer's cost counts against the judge's
+hourly budget. ``router_rl_judge_pairwise{outcome}`` (ok, error, unparsed, reference_error, log_error).
+
 Metrics: ``router_rl_judge_grades{outcome}`` (ok, error, unparsed, log_error),
 ``router_rl_judge_skipped{reason}`` (sampled_out, budget, incomplete), ``router_rl_judge_spend_usd``.
 """
@@ -21,7 +28,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +47,9 @@ class JudgeSampler:
         registry: the Prometheus registry of the service's metrics.
         seed: seeds the sampling draws.
         clock: seconds (monotonic), for the spend window.
+        pairwise_share: probability that a graded answer is also compared with the reference model's.
+        reference_model: the model whose answers are the pairwise reference.
+        reference: ``async (payload) -> (text, cost_usd)``: the reference model's answer to a chat payload.
     """
 
     def __init__(
@@ -52,6 +62,9 @@ class JudgeSampler:
         registry: Any,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        pairwise_share: float = 0.0,
+        reference_model: str | None = None,
+        reference: Callable[[dict[str, Any]], Awaitable[tuple[str, float]]] | None = None,
     ) -> None:
         from prometheus_client import Counter
 
@@ -76,6 +89,16 @@ class JudgeSampler:
             registry=registry,
         )
         self.spend = Counter("router_rl_judge_spend_usd", "Dollars spent on the judge", registry=registry)
+        self.pairwise_share = float(pairwise_share)
+        self.reference_model = reference_model
+        self.reference = reference
+        self.pairwise = Counter(
+            "router_rl_judge_pairwise",
+            "Pairwise comparisons with the reference model by outcome (ok, error, unparsed, reference_error, "
+            "log_error)",
+            ["outcome"],
+            registry=registry,
+        )
 
     def spent_last_hour(self) -> float:
         now = self.clock()
@@ -93,8 +116,65 @@ class JudgeSampler:
             return False
         return True
 
-    async def grade(self, decision_id: str, prompt: str, answer: str) -> None:
-        """Grade ``answer`` and store it as the decision's feedback; never raises."""
+    def _spent(self, cost: float) -> None:
+        if cost:
+            self._spend.append((self.clock(), float(cost)))
+            self.spend.inc(float(cost))
+
+    async def grade(
+        self,
+        decision_id: str,
+        prompt: str,
+        answer: str,
+        *,
+        payload: dict[str, Any] | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Grade ``answer`` and store it as the decision's feedback, then, for a ``pairwise_share`` of them
+        (``payload``: the chat request, ``model``: who answered), compare it with the reference model's
+        answer; never raises."""
+        await self._grade(decision_id, prompt, answer)
+        if (
+            payload is not None
+            and self.reference is not None
+            and self.pairwise_share > 0
+            and model != self.reference_model
+            and self.rng.random() < self.pairwise_share
+            and self.spent_last_hour() < self.budget
+        ):
+            await self._compare(decision_id, prompt, answer, payload)
+
+    async def _compare(self, decision_id: str, prompt: str, answer: str, payload: dict[str, Any]) -> None:
+        assert self.reference is not None
+        try:
+            reference, cost = await self.reference(payload)
+        except Exception as err:  # noqa: BLE001 - the reference model failed: count it, nothing else
+            log.warning("reference answer for decision %s failed: %s", decision_id, err)
+            self.pairwise.labels(outcome="reference_error").inc()
+            return
+        self._spent(cost)
+        try:
+            if self._judge is None:
+                self._judge = self._factory()
+            verdict = await self._judge.compare(prompt, answer, reference)
+        except Exception as err:  # noqa: BLE001
+            log.warning("pairwise judge failed for decision %s: %s", decision_id, err)
+            self.pairwise.labels(outcome="error").inc()
+            return
+        self._spent(verdict.cost_usd)
+        if not verdict.ok:
+            self.pairwise.labels(outcome=verdict.status).inc()
+            return
+        try:
+            stored = self.decision_log.add_feedback(decision_id, float(verdict.quality), source="pairwise")
+            await asyncio.wrap_future(stored)
+        except Exception as err:  # noqa: BLE001
+            log.warning("pairwise grade of decision %s not stored: %s", decision_id, err)
+            self.pairwise.labels(outcome="log_error").inc()
+            return
+        self.pairwise.labels(outcome="ok").inc()
+
+    async def _grade(self, decision_id: str, prompt: str, answer: str) -> None:
         try:
             if self._judge is None:
                 self._judge = self._factory()
@@ -103,9 +183,7 @@ class JudgeSampler:
             log.warning("judge failed for decision %s: %s", decision_id, err)
             self.grades.labels(outcome="error").inc()
             return
-        if verdict.cost_usd:
-            self._spend.append((self.clock(), float(verdict.cost_usd)))
-            self.spend.inc(float(verdict.cost_usd))
+        self._spent(verdict.cost_usd)
         if not verdict.ok:
             self.grades.labels(outcome=verdict.status).inc()
             return
@@ -119,21 +197,22 @@ class JudgeSampler:
             return
         self.grades.labels(outcome="ok").inc()
 
-    async def grade_stream(self, decision_id: str, prompt: str, text: StreamText) -> None:
+    async def grade_stream(self, decision_id: str, prompt: str, text: StreamText, **kwargs: Any) -> None:
         """Grade a streamed answer once its stream has ended (the response's background task)."""
         answer = text.answer()
         if answer is None:
             self.skipped.labels(reason="incomplete").inc()
             return
-        await self.grade(decision_id, prompt, answer)
+        await self.grade(decision_id, prompt, answer, **kwargs)
 
     async def aclose(self) -> None:
         if self._judge is not None:
             await self._judge.aclose()
 
 
-def from_settings(settings: Any, decision_log: Any, registry: Any) -> JudgeSampler:
-    """The sampler of ``settings`` (``judge_*``), judging through an OpenAI-compatible endpoint."""
+def from_settings(settings: Any, decision_log: Any, registry: Any, reference: Any = None) -> JudgeSampler:
+    """The sampler of ``settings`` (``judge_*``), judging through an OpenAI-compatible endpoint;
+    ``reference`` answers for the pairwise comparisons (see :class:`JudgeSampler`)."""
 
     def factory() -> Any:
         from router_rl.judge import Endpoint, Judge, JudgeConfig
@@ -159,6 +238,9 @@ def from_settings(settings: Any, decision_log: Any, registry: Any) -> JudgeSampl
         decision_log=decision_log,
         registry=registry,
         seed=settings.seed,
+        pairwise_share=settings.judge_pairwise_share,
+        reference_model=settings.judge_reference_model,
+        reference=reference,
     )
 
 
@@ -167,8 +249,16 @@ def answer_text(response: Any) -> str | None:
     import json
 
     try:
-        content = json.loads(response.body)["choices"][0]["message"]["content"]
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return answer_text_of(json.loads(response.body))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def answer_text_of(data: Any) -> str | None:
+    """The assistant's text of a parsed chat completion body (None when there is none)."""
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
         return None
     return content if isinstance(content, str) and content else None
 

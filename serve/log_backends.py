@@ -30,8 +30,9 @@ feedback (``client`` or ``judge``), keyed by ``(decision_id, source)`` so a clie
 of one decision are both kept (older logs are migrated; their feedback rows become ``client``); 4: a
 ``shadow_decisions`` table, the decisions a shadow policy made beside the served ones (``--shadow``)."""
 
-FEEDBACK_SOURCES = ("client", "judge")
-"""Who graded a decision: a client through ``POST /v1/feedback``, or the judge sampler (serve/judging.py)."""
+FEEDBACK_SOURCES = ("client", "judge", "pairwise")
+"""Who graded a decision: a client through ``POST /v1/feedback``, the judge sampler's single grade, or its
+pairwise comparison with a reference model's answer (the served answer's win rate, serve/judging.py)."""
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 

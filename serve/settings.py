@@ -124,6 +124,14 @@ class ServeSettings:
     judge_budget_usd_per_hour: float = opt(1.0, "the judge's spend allowed over any trailing hour")
     judge_usd_per_1m_input: float = opt(0.0, "the judge model's price per 1M input tokens")
     judge_usd_per_1m_output: float = opt(0.0, "the judge model's price per 1M output tokens")
+    judge_pairwise_share: float = opt(
+        0.0,
+        "share of judged answers also compared with the reference model's answer to the same request (both "
+        "orders), stored as pairwise feedback; needs judge_reference_model; 0 = off",
+    )
+    judge_reference_model: str | None = opt(
+        None, "the catalog model whose answers are the pairwise reference (it needs an upstream)"
+    )
     sticky_conversations: bool = opt(
         False, "a chat conversation stays on the model that answered its last turn (serve/sticky.py)"
     )
@@ -258,6 +266,10 @@ class ServeSettings:
         for name in ("judge_budget_usd_per_hour", "judge_usd_per_1m_input", "judge_usd_per_1m_output"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "dollars >= 0")
+        if not 0.0 <= self.judge_pairwise_share <= 1.0:
+            raise bad("judge_pairwise_share", "a probability in [0, 1]")
+        if self.judge_pairwise_share > 0 and not self.judge_reference_model:
+            raise bad("judge_reference_model", "a catalog model name while judge_pairwise_share > 0")
         if self.judge_max_retries < 0:
             raise bad("judge_max_retries", "an integer >= 0")
         if self.sticky_max_conversations < 1:
