@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -134,7 +135,18 @@ def settings_from(opts: argparse.Namespace, environ: dict[str, str] | None = Non
     for item in opts.api_key or []:
         keys.update(parse_api_keys(item, "--api-key"))
     changes["api_keys"] = keys
-    return settings.replace(**changes).validate()
+    try:
+        return settings.replace(**changes).validate()
+    except SettingsError as err:  # name the flag too, so the line says what to change
+        match = re.match(r"setting (\w+)", str(err))
+        if match is None or not any(f.name == match.group(1) for f in dataclasses.fields(ServeSettings)):
+            raise
+        name = match.group(1)
+        where = "--" + name.replace("_", "-")
+        env = os.environ if environ is None else environ
+        if getattr(opts, name, None) is None and ENV_PREFIX + name.upper() in env:  # set there, not by a flag
+            where = ENV_PREFIX + name.upper()
+        raise SettingsError(f"{err} [{where}]") from None
 
 
 def _export_log(args: Sequence[str]) -> int:

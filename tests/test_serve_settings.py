@@ -123,3 +123,20 @@ def test_bad_upstreams_files_are_named(tmp_path: Path, text: str, message: str) 
     with pytest.raises(UpstreamConfigError, match=message) as err:
         load_upstreams_file(path, {})
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "where"),
+    [
+        (["--budget-usd-per-hour", "-1"], {}, "[--budget-usd-per-hour]"),
+        (["--registry-poll-s", "-5"], {}, "[--registry-poll-s]"),
+        (["--judge-pairwise-share", "0.5"], {}, "[--judge-reference-model]"),
+        ([], {"ROUTER_RL_SERVE_BUDGET_STEP": "0"}, "[ROUTER_RL_SERVE_BUDGET_STEP]"),
+    ],
+)
+def test_bad_values_name_their_flag_or_variable(argv: list[str], env: dict, where: str) -> None:
+    opts = _parser().parse_args(["artifact", *argv])
+    with pytest.raises(SettingsError) as info:
+        settings_from(opts, env)
+    message = str(info.value)
+    assert message.endswith(where) and "\n" not in message
