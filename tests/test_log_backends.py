@@ -353,3 +353,39 @@ def test_feedback_sources_on_each_backend(log_url: str) -> None:
     assert list(client.feedback_source) == ["", "client", "client"] and not client.has_feedback[0]
     with pytest.raises(ValueError, match="feedback_source 'human'"):
         read_logged_bandit_data(log_url, feedback_source="human")
+
+
+def test_shadow_rows_and_spend_reads_on_each_backend(log_url: str) -> None:
+    """Shadow decisions land beside their decisions; the budget pacer's spend read prices every row."""
+    import json
+
+    from router_rl.serve.budget import log_reader, priced_spend
+
+    log = DecisionLog(log_url, replica="r")
+    try:
+        for i in range(3):
+            log.log_decision(row(f"d{i}", ["a", "b", "c"], i, ts=10.0 + i))
+        log.log_shadow(
+            {
+                "decision_id": "d1",
+                "ts": 11.0,
+                "policy_version": "cand",
+                "models": json.dumps(["c", "a"]),
+                "action": 0,
+                "model": "c",
+                "propensity": 1.0,
+                "scores": json.dumps([0.9, 0.1]),
+                "pred_quality": json.dumps([0.9, 0.5]),
+                "pred_cost_usd": json.dumps([0.003, 0.001]),
+            }
+        )
+        log.log_outcome("d0", answered_by="a", status="ok", attempts=1, cost_usd=0.05)
+        log.flush()
+        assert log.add_feedback("d1", 0.5, cost_usd=0.02).result(timeout=30)
+    finally:
+        log.close()
+    data = read_logged_bandit_data(log_url)
+    assert data.shadow_action.tolist() == [-1, 2, -1] and list(data.shadow_policy_version) == ["", "cand", ""]
+    np.testing.assert_allclose(data.shadow_scores[1], [0.1, np.nan, 0.9])
+    spend = priced_spend(log_reader(parse_log_url(log_url))(11.0))  # d1 and d2: reported, then predicted
+    assert sorted(spend) == [(11.0, 0.02), (12.0, pytest.approx(0.003))]
