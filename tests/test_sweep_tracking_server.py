@@ -164,7 +164,8 @@ def test_sweep_jobs_nest_under_the_parent_on_one_tracking_server(
 
 def test_a_crashed_job_ends_the_sweep_parent_failed(tmp_path: Path, cache_dir: Path, server: str) -> None:
     proc = run_cli(
-        ["train", "-m", "policy._target_=router_rl.policies.linucb.LinUCB,test_sweep_tracking_server.ExplodingPolicy",
+        ["train", "-m", "policy=linucb",
+         "policy._target_=router_rl.policies.linucb.LinUCB,test_sweep_tracking_server.ExplodingPolicy",
          *TINY, "mlflow.experiment=crashed-sweep"],
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": server, "PYTHONPATH": str(TESTS)},
