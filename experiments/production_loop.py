@@ -710,6 +710,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ("regret", "regret vs the oracle (per prompt)"),
         ("spend_usd", "spend per window (USD)"),
     ]
+    budget = float(result["config"].get("budget_usd_per_hour", 0.0))
+    if budget > 0:  # the pacer's view: the spend rate while sending, against its target
+        panels[-1] = (
+            "spend_usd_per_hour",
+            f"spend rate while sending (USD/h); target {budget:g} USD/h (black line)",
+        )
     colors = plt.cm.tab10.colors
     for j, (key, title) in enumerate(panels):
         ax = fig.add_subplot(grid[j // 2, j % 2])
@@ -728,6 +734,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             else:
                 ax.plot(xs, [w[key] for w in lw], "-o", color=colors[i], ms=4)
                 ax.plot(xs, [w[key] for w in sw], "--", color=colors[i], alpha=0.6)
+            if key == "spend_usd_per_hour" and i == 0:
+                ax.axhline(budget, color="black", lw=1.0)
             for c in res["loop"]["learns"]:
                 if c["promoted"] and c["after_window"] + 1 < len(lw):
                     ax.axvline(c["after_window"] + 1.5 + 0.04 * i, color=colors[i], lw=1.0, ls=":", alpha=0.8)
