@@ -5,9 +5,12 @@ model) plus noise, and ``router-rl learn`` (its library function, the same code)
 requests, its candidate promoted into the running server (``POST /admin/reload``) only when its off-policy
 estimate says so. The static starting policy serves the same traffic with the same exploration as the control.
 
-    python experiments/production_loop.py                                  # 3 seeds x 3,000 prompts
-    python experiments/production_loop.py --n-prompts 13969 --every 1000   # the full size (every prompt
-                                                                           # not in the starting 10%)
+    python experiments/production_loop.py              # 3 seeds x 3,000 prompts, learn every 500 (~4 min)
+    python experiments/production_loop.py --n-prompts 13000 --every 1000 \
+        --out experiments/results/production_loop_full  # the full size (~11 min): 13,000 of the 13,776
+                                                        # unique prompts outside each seed's starting 10%
+    python experiments/production_loop.py --n-prompts 4800 --every 800 --rate 40 --budget-usd-per-hour 55 \
+        --out experiments/results/production_loop_budget  # serve's spend pacer on a steady stream (~13 min)
 
 Per seed: a 10% sample of the prompts (``--start-share``) trains the starting policy (``router_rl.training``:
 the default lowrank_warm policy, ``embedder=static``: the distilled token-lookup encoder, 500+ prompts/s on
