@@ -6,7 +6,9 @@ URL names) -> contexts (the logged embeddings, else the logged prompts re-embedd
 encoder and representation) -> a ridge continuation of every model's heads -> greedy action probabilities
 of the candidate and of the champion (the source artifact) on the newest logged rows, held out of the fit
 (``holdout``; a candidate scored on the rows it was fitted to looks better than it is) -> IPS, SNIPS and DR
-(:mod:`router_rl.ope`) -> the decision ``candidate lower bound > champion estimate + margin``.
+(:mod:`router_rl.ope`) -> the decision ``candidate lower bound > champion estimate + margin`` (``gate="absolute"``)
+or, with ``gate="difference"``, ``lower bound of the paired candidate - champion estimate > margin``
+(:func:`router_rl.ope.paired_difference`; reported in ``ope.json["difference"]`` either way).
 
 Continuation. Each model k has heads theta_k^(h) (h in quality, cost / cost_scale, latency) and an inverse
 design A_k^{-1} ((d + 1, d + 1), tensor ``a_inv`` of the artifact when present; else the isotropic prior
@@ -39,6 +41,7 @@ import numpy as np
 
 A_INV = "a_inv"
 ESTIMATORS = ("ips", "snips", "dr")
+GATES = ("absolute", "difference")  # promotion rules: see learn()
 # manifest fields the writer sets itself; every other field of the source manifest is carried over
 _WRITER_FIELDS = {
     "format",
@@ -144,6 +147,7 @@ def learn(
     holdout: float = 0.3,
     policy_version: str | None = None,
     feedback_source: str = "any",
+    gate: str = "absolute",
     promote: str | None = None,
     tracking_uri: str | None = None,
     wheel: str | Path | None = None,
@@ -156,6 +160,8 @@ def learn(
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     if prior_strength <= 0:
         raise ValueError(f"prior_strength must be > 0, got {prior_strength}")
     art = load_artifact(artifact, device="cpu")
@@ -237,8 +243,14 @@ def learn(
         )
     est_cand = ope.estimate_all(r, mu, act_ev, p_cand, q_hat, level=level)
     est_champ = ope.estimate_all(r, mu, act_ev, p_champ, q_hat, level=level)
+    diff = ope.paired_difference(r, mu, act_ev, p_cand, p_champ, q_hat, estimator=estimator, level=level)
     lower, champ_value = est_cand[estimator].ci_low, est_champ[estimator].value
-    promote_ok = bool(lower > champ_value + margin)
+    if gate == "difference":  # the paired interval: both policies on the same rows, their noise cancels
+        promote_ok = bool(diff.ci_low > margin)
+        rule = f"lower bound of candidate - champion ({estimator}, paired) > margin"
+    else:
+        promote_ok = bool(lower > champ_value + margin)
+        rule = f"candidate {estimator} lower bound > champion {estimator} estimate + margin"
     report = {
         "log_db": log_db,
         "source_artifact": str(Path(artifact)),
@@ -262,11 +274,14 @@ def learn(
         "champion": {name: e.to_dict() for name, e in est_champ.items()},
         "ess": {"candidate": est_cand["ips"].ess, "champion": est_champ["ips"].ess},
         "agreement": float((p_cand.argmax(axis=1) == p_champ.argmax(axis=1)).mean()),
+        "difference": diff.to_dict(),
         "decision": {
             "promote": promote_ok,
-            "rule": f"candidate {estimator} lower bound > champion {estimator} estimate + margin",
+            "gate": gate,
+            "rule": rule,
             "candidate_lower": lower,
             "champion_estimate": champ_value,
+            "difference_lower": diff.ci_low,
         },
     }
     if data.shadow_action is not None:
@@ -545,6 +560,13 @@ def main(args: Sequence[str]) -> int:
         "--margin", type=float, default=0.0, help="required lead of the candidate's lower bound"
     )
     parser.add_argument("--estimator", choices=ESTIMATORS, default="dr", help="estimator of the decision")
+    parser.add_argument(
+        "--gate",
+        choices=GATES,
+        default="absolute",
+        help="absolute: candidate's lower bound > champion's estimate + margin; difference: the lower bound of "
+        "the paired candidate - champion estimate > margin (both on the same rows: far narrower)",
+    )
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument("--prior-strength", type=float, default=1.0, help="prior precision without a_inv")
     parser.add_argument(
@@ -575,6 +597,7 @@ def main(args: Sequence[str]) -> int:
             opts.artifact,
             opts.out,
             margin=opts.margin,
+            gate=opts.gate,
             estimator=opts.estimator,
             level=opts.level,
             prior_strength=opts.prior_strength,

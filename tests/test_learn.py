@@ -122,7 +122,16 @@ def test_learn_moves_toward_the_truth_and_ope_covers_it(tmp_path: Path) -> None:
             e = rep[who][est]
             assert e["ci_low"] <= truth[who] <= e["ci_high"], (est, who, e, truth)
     assert 0 < rep["ess"]["candidate"] < rep["ess"]["champion"] <= 450
-    assert rep["decision"]["promote"] is True
+    assert rep["decision"]["promote"] is True and rep["decision"]["gate"] == "absolute"
+    d = rep["difference"]  # paired: the same rows, so narrower than the two intervals together
+    assert d["ci_low"] <= truth["candidate"] - truth["champion"] <= d["ci_high"]
+    width = sum(rep[who]["dr"]["ci_high"] - rep[who]["dr"]["ci_low"] for who in ("candidate", "champion"))
+    assert d["ci_high"] - d["ci_low"] < width
+    paired = learn(f"sqlite:///{log}", art, tmp_path / "out-paired", margin=0.05, gate="difference")
+    assert paired.ope["decision"]["promote"] is (d["ci_low"] > 0.05)
+    assert paired.ope["decision"]["difference_lower"] == d["ci_low"]
+    with pytest.raises(ValueError, match="gate must be one of"):
+        learn(f"sqlite:///{log}", art, tmp_path / "out-bad", gate="vibes")
     # the candidate stores its inverse designs, so a second learn continues from them
     again = learn(str(log), result.artifact, tmp_path / "out2")
     assert again.ope["prior"] == "the artifact's inverse design matrices"
