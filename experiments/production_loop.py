@@ -524,6 +524,7 @@ def run_arm(
                     champion,
                     learn_dir,
                     margin=opts.margin,
+                    gate=opts.gate,
                     holdout=opts.holdout,
                     level=opts.level,
                     policy_version=version,
@@ -547,6 +548,11 @@ def run_arm(
                 "champion_ci": [rep["champion"][est]["ci_low"], rep["champion"][est]["ci_high"]],
                 "all_estimates": {"candidate": rep["candidate"], "champion": rep["champion"]},
                 "promoted": bool(rep["decision"]["promote"]),
+                "difference": [
+                    rep["difference"]["value"],
+                    rep["difference"]["ci_low"],
+                    rep["difference"]["ci_high"],
+                ],
                 "artifact": learn_dir / "artifact",
                 "champion_artifact": champion,
             }
@@ -649,6 +655,10 @@ def summarise(seeds: dict[int, dict[str, Any]], margin: float, budget: float = 0
     every = [c for r in seeds.values() for c in r["loop"]["learns"] if "realised" in c]
     inside_all = [c["ci_low"] <= c["realised"] <= c["ci_high"] for c in every]
     drops = [c["realised_reward"] - c["champion_realised_reward"] for c in promos]
+    paired = [c for c in every if "difference" in c]  # the paired interval of candidate - champion
+    inside_diff = [
+        c["difference"][1] <= c["realised"] - c["champion_realised"] <= c["difference"][2] for c in paired
+    ]
     reward_met = bool(diffs_a.mean() > 0 and (diffs_a > 0).all() and diffs_a.mean() > spread)
     aiq_met = bool(np.mean(aiq_d) > 0 and min(aiq_d) > 0 and np.mean(aiq_d) > np.std(aiq_d, ddof=1))
     return {
@@ -681,6 +691,8 @@ def summarise(seeds: dict[int, dict[str, Any]], margin: float, budget: float = 0
             )
             if every
             else float("nan"),
+            "all_learns_difference_inside": int(sum(inside_diff)),
+            "all_learns_with_difference": len(paired),
             "margin": margin,
             "met": bool(promos) and float(np.mean(inside)) >= 0.9 and min(drops) >= -abs(margin) - 1e-12,
             "rule": "realised value inside the candidate's interval in >= 90% of promotions, and no promoted "
@@ -813,7 +825,12 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         f"replay in minutes on this CPU; MiniLM embeds ~13 prompts/s cold here) trained on "
         f"{cfg['start_share']:.0%} of the prompts; {cfg['n_prompts']} other prompts per seed; `learn` every "
         f"{cfg['every']} requests on the champion's judged decisions, promoted by `POST /admin/reload` when the "
-        f"DR lower bound beats the champion's DR estimate + margin {cfg['margin']}; bonus-softmax exploration "
+        + (
+            f"the paired DR difference's lower bound exceeds margin {cfg['margin']} (`--gate difference`); "
+            if cfg.get("gate") == "difference"
+            else f"DR lower bound beats the champion's DR estimate + margin {cfg['margin']}; "
+        )
+        + f"bonus-softmax exploration "
         f"T={cfg['temperature']}, bonus {cfg['bonus']} in both arms; served cost weight {cfg['cost_weight']}. "
         f"Seeds {list(result['seeds'])}. The control serves the same traffic with the static starting policy.",
         "",
@@ -834,7 +851,9 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         f"minus the replaced champion's on the same next-window prompts: worst {b['worst_change']:+.4f} "
         f"(margin {b['margin']}). Over every learn (promoted or not): realised inside the interval in "
         f"{b['all_learns_inside']} of {b['all_learns_realised']}; candidate and champion realised values differ by "
-        f"{b['mean_abs_realised_candidate_minus_champion']:.4f} on average.",
+        f"{b['mean_abs_realised_candidate_minus_champion']:.4f} on average; the realised difference inside the "
+        f"paired 95% interval of candidate - champion in {b.get('all_learns_difference_inside', 0)} of "
+        f"{b.get('all_learns_with_difference', 0)}.",
         "",
         _budget_line(s["c_budget"]),
         "",
@@ -943,6 +962,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="learn's margin: promote when the candidate's DR lower bound > the champion's DR + margin (< 0: a "
         "tolerance; at 0 no candidate of a 3,000-prompt replay was promoted)",
     )
+    p.add_argument(
+        "--gate",
+        choices=["absolute", "difference"],
+        default="absolute",
+        help="learn's gate: absolute (candidate lower bound > champion + margin) or difference (paired)",
+    )
     p.add_argument("--holdout", type=float, default=0.3, help="learn's held-out newest share for the OPE")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the OPE intervals")
     p.add_argument("--concurrency", type=int, default=4, help="client connections")
@@ -1047,6 +1072,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "temperature": opts.temperature,
             "bonus": opts.bonus,
             "margin": opts.margin,
+            "gate": opts.gate,
             "holdout": opts.holdout,
             "level": opts.level,
             "concurrency": opts.concurrency,
