@@ -8,12 +8,14 @@ small artifacts by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,52 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_process(
+    command: Sequence[str],
+    health_url: str,
+    log_path: str | Path,
+    *,
+    name: str,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+    poll_s: float = 0.3,
+    stop_timeout_s: float = 30.0,
+) -> Iterator[subprocess.Popen]:
+    """Run ``command`` (output to ``log_path``; ``env``: its whole environment, None = this process's) and yield the process once ``GET health_url`` answers 200;
+    terminate it on exit (kill after ``stop_timeout_s``). Fails with the log's tail, as an AssertionError,
+    when the process exits or does not answer within ``timeout_s``."""
+    import httpx
+
+    log_path = Path(log_path)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            list(command), cwd=cwd, env=env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(health_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not start in {timeout_s}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(poll_s)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 class ServerThread:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import yaml
@@ -26,7 +23,7 @@ from router_rl.serve.app import create_app
 from router_rl.serve.decision_log import read_logged_bandit_data
 from router_rl.serve.router import Router
 from router_rl.serve.settings import ServeSettings
-from router_rl.serve.testing import ServerThread, free_port, shared_embedder, toy_artifact
+from router_rl.serve.testing import ServerThread, free_port, running_process, shared_embedder, toy_artifact
 
 MODELS = ["big", "mid", "small"]
 MASTER_KEY = "sk-gateway-test-master"
@@ -68,35 +65,13 @@ def litellm_proxy(config: dict, port: int, cwd: Path, timeout_s: float = 180.0) 
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # offline: no fetch of the price map
         "LITELLM_LOG": "ERROR",
     }
-    log_path = cwd / "litellm.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [litellm_executable(), "--config", "litellm.yaml", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"litellm exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"litellm did not start in {timeout_s}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    command = [litellm_executable(), "--config", "litellm.yaml", "--host", "127.0.0.1", "--port", str(port)]
+    with running_process(
+        command, f"{url}/health/liveliness", cwd / "litellm.log", name="litellm", cwd=cwd, env=env,
+        timeout_s=timeout_s, poll_s=0.5, stop_timeout_s=20,
+    ):  # fmt: skip
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_openai_client_through_litellm_to_router_rl_and_back(tmp_path: Path) -> None:

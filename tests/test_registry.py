@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 
 from router_rl.serve.router import Router
-from router_rl.serve.testing import free_port, shared_embedder, toy_artifact
+from router_rl.serve.testing import free_port, running_process, shared_embedder, toy_artifact
 
 MODELS = ["big", "mid", "small"]
 PROMPTS = ["Prove that sqrt(2) is irrational.", "a haiku about the sea", "SELECT * FROM t", "hi", "tax law"]
@@ -149,40 +147,14 @@ def test_signature_example_and_requirements(registered: dict) -> None:
 def mlflow_serve(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float = 240.0) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
-    log_path = cwd / "mlflow-serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
-            + ["-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow models serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow models serve did not start in {timeout_s}s:\n{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with running_process(
+        command, f"{url}/ping", cwd / "mlflow-serve.log", name="mlflow models serve", cwd=cwd, env=env,
+        timeout_s=timeout_s, poll_s=0.5,
+    ):  # fmt: skip
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_mlflow_models_serve_from_the_registry(registered: dict, tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from test_log_backends import PG_ENV, fresh_database
 
 from router_rl.serve.decision_log import read_logged_bandit_data
 from router_rl.serve.log_backends import open_backend
-from router_rl.serve.testing import free_port, toy_artifact
+from router_rl.serve.testing import free_port, running_process, toy_artifact
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get(PG_ENV),
@@ -39,34 +38,13 @@ N_REQUESTS, CONCURRENCY, KILL_AFTER = 160, 12, 40
 def replica(artifact: Path, cwd: Path, name: str, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """`router-rl serve` in a subprocess; yields (process, base URL) once /healthz answers."""
     port = free_port()
-    log_path = cwd / f"{name}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "router_rl.cli", "serve", str(artifact), "--port", str(port),
-             "--replica-id", name, "--log-level", "warning", *args],
-            cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"replica {name} exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"replica {name} did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    command = [sys.executable, "-m", "router_rl.cli", "serve", str(artifact), "--port", str(port),
+               "--replica-id", name, "--log-level", "warning", *args]  # fmt: skip
+    with running_process(
+        command, f"{url}/healthz", cwd / f"{name}.log", name=f"replica {name}", cwd=cwd, timeout_s=240
+    ) as proc:
         yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def test_replicas_share_one_postgres_log_behind_litellm(tmp_path: Path) -> None:

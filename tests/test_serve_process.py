@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router_rl.serve.artifact import load_artifact
 from router_rl.serve.decision_log import read_logged_bandit_data
-from router_rl.serve.testing import free_port, http_load, toy_artifact
+from router_rl.serve.testing import free_port, http_load, running_process, toy_artifact
 
 MODELS = ["big", "mid", "small"]
 N_REQUESTS, CONCURRENCY = 2_000, 64
@@ -44,38 +44,13 @@ def serve_process(
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """`router-rl serve ARTIFACT --port P ARGS` in a subprocess; yields (process, base URL) once /healthz answers."""
     port = free_port()
-    log_path = cwd / f"server-{port}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "router_rl.cli", "serve", artifact, "--port", str(port), *args],
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"router-rl serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"router-rl serve did not start in {startup_timeout_s}s:\n{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.2)
+    command = [sys.executable, "-m", "router_rl.cli", "serve", artifact, "--port", str(port), *args]
+    with running_process(
+        command, f"{url}/healthz", cwd / f"server-{port}.log", name="router-rl serve", cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout_s=startup_timeout_s, poll_s=0.2,
+    ) as proc:  # fmt: skip
         yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def metrics_of(url: str) -> dict[tuple[str, tuple], float]:

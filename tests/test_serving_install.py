@@ -15,14 +15,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from router_rl.serve.testing import free_port, toy_artifact
+from router_rl.serve.testing import free_port, running_process, toy_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / ".ci" / "requirements.lock"
@@ -119,35 +118,13 @@ def test_training_commands_name_the_extra_in_one_line(serving_venv: Path, tmp_pa
 @contextlib.contextmanager
 def serving(venv: Path, artifact: Path, cwd: Path, timeout_s: float = 300.0) -> Iterator[str]:
     port = free_port()
-    log_path = cwd / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(venv / "bin" / "router-rl"), "serve", str(artifact), "--port", str(port)],
-            cwd=cwd,
-            env=_env(cwd),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"router-rl serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"router-rl serve did not start in {timeout_s}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    command = [str(venv / "bin" / "router-rl"), "serve", str(artifact), "--port", str(port)]
+    with running_process(
+        command, f"{url}/healthz", cwd / "serve.log", name="router-rl serve", cwd=cwd, env=_env(cwd),
+        timeout_s=timeout_s, poll_s=0.5,
+    ):  # fmt: skip
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_the_serving_install_serves_route(serving_venv: Path, tmp_path: Path) -> None:
