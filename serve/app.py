@@ -36,9 +36,10 @@ from router_rl.serve.budget import SpendPacer, log_reader
 from router_rl.serve.decision_log import DecisionLog, LogFull, UnknownDecision
 from router_rl.serve.errors import ERROR_RESPONSES, APIError, error_body
 from router_rl.serve.jsonbody import StrictJSONRoute
-from router_rl.serve.judging import StreamText, answer_text, answer_text_of, from_settings
+from router_rl.serve.judge_worker import ReferenceSpec, reference_answer
+from router_rl.serve.judging import StreamText, answer_text, from_settings
 from router_rl.serve.metrics import Metrics
-from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy, usage_cost
+from router_rl.serve.proxy import HEADER_DURABLE, HEADER_MODEL, ChatProxy
 from router_rl.serve.registry_watch import RegistrySource, RegistryWatch
 from router_rl.serve.router import Router
 from router_rl.serve.schemas import (
@@ -55,7 +56,7 @@ from router_rl.serve.schemas import (
 from router_rl.serve.service import Service
 from router_rl.serve.settings import ServeSettings, SettingsError
 from router_rl.serve.sticky import StickyConversations, conversation_key, next_turn_key
-from router_rl.serve.upstreams import UpstreamMap, call_json, new_client
+from router_rl.serve.upstreams import UpstreamMap, new_client
 
 log = logging.getLogger("router_rl.serve")
 
@@ -379,26 +380,26 @@ def create_app(
             f"has an upstream ({', '.join(m for m in router.models if upstreams.get(m) is not None) or 'none'})"
         )
 
-    async def reference_answer(payload: dict[str, Any]) -> tuple[str, float]:
-        """The reference model's answer to a chat payload, and its cost (for the pairwise judge)."""
-        assert reference_model is not None and service.client is not None
-        upstream = service.upstreams.get(reference_model)
-        if upstream is None:
-            raise RuntimeError(f"no upstream for the reference model {reference_model!r}")
-        request = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
-        deadline = asyncio.get_running_loop().time() + settings.upstream_attempt_timeout_s
-        attempt, _, data = await call_json(
-            service.client, upstream, {**request, "model": upstream.model}, reference_model, deadline=deadline
+    reference_spec = None
+    if reference_model is not None:
+        entry = next(m for m in router.artifact.manifest["models"] if m["name"] == reference_model)
+        reference_spec = ReferenceSpec(
+            model=reference_model,
+            upstream=upstreams.get(reference_model),
+            usd_per_1m_input=float(entry["usd_per_1m_input"]),
+            usd_per_1m_output=float(entry["usd_per_1m_output"]),
+            timeout_s=settings.upstream_attempt_timeout_s,
         )
-        if not attempt.ok or data is None:
-            raise RuntimeError(f"reference model {reference_model}: {attempt.kind} {attempt.detail}".strip())
-        text = answer_text_of(data)
-        if text is None:
-            raise RuntimeError(f"reference model {reference_model}: no answer text")
-        return text, usage_cost(service.router, reference_model, data.get("usage"))[2] or 0.0
+
+    async def reference(payload: dict[str, Any]) -> tuple[str, float]:
+        """The reference model's answer to a chat payload, and its cost (the pairwise judge on this loop)."""
+        assert reference_spec is not None and service.client is not None
+        return await reference_answer(service.client, reference_spec, payload)
 
     judging = (
-        from_settings(settings, decision_log, metrics.registry, reference_answer if reference_model else None)
+        from_settings(
+            settings, decision_log, metrics.registry, reference if reference_spec else None, reference_spec
+        )
         if settings.judge_share > 0 and decision_log is not None
         else None
     )
@@ -448,6 +449,8 @@ def create_app(
             on_batch=lambda n, s: (metrics.batch_size.observe(n), metrics.batch_latency.observe(s)),
         )
         await service.batcher.start()
+        if judging is not None:  # the judge worker starts in the background; grades queue meanwhile
+            judging.start()
         own_client = client is None
         service.client = client or new_client(
             timeout_s=settings.upstream_timeout_s,
@@ -482,7 +485,7 @@ def create_app(
             await service.batcher.stop()
             if own_client:
                 await service.client.close()
-            if judging is not None:  # its background grades finished with their requests
+            if judging is not None:  # the worker drains within judge_drain_s, then is terminated
                 await judging.aclose()
             if own_log and service.decision_log is not None:
                 await loop.run_in_executor(None, service.decision_log.close)
@@ -505,6 +508,7 @@ def create_app(
     app.router.route_class = StrictJSONRoute  # before any route: every JSON body parsed strictly
     app.state.service = service
     app.state.registry_watch = watch
+    app.state.judging = judging
 
     # ---------------------------------------------------------------- errors: always an OpenAI-style body
     @app.exception_handler(APIError)
@@ -636,6 +640,7 @@ def create_app(
                         answer,
                         payload=payload,
                         model=response.headers.get(HEADER_MODEL),
+                        logged=future,
                     )
             elif isinstance(response, StreamingResponse) and judging.sample():
                 text = StreamText()  # gathers the streamed text as it passes; graded after the stream ended
@@ -647,6 +652,7 @@ def create_app(
                     text,
                     payload=payload,
                     model=response.headers.get(HEADER_MODEL),
+                    logged=future,
                 )
         return response
 
@@ -706,6 +712,8 @@ def create_app(
             health["registry"] = watch.describe()
         if service.pacer is not None:
             health["budget"] = service.pacer.describe()
+        if judging is not None:
+            health["judge"] = judging.describe()
         if service.shadow is not None:
             counts = service.shadow_counts
             decided = counts["agree"] + counts["disagree"]

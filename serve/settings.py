@@ -132,6 +132,22 @@ class ServeSettings:
     judge_reference_model: str | None = opt(
         None, "the catalog model whose answers are the pairwise reference (it needs an upstream)"
     )
+    judge_worker: bool = opt(
+        True,
+        "grade in a separate low-priority process (serve/judge_worker.py) that calls the judge and stores the "
+        "grades itself, so grading never competes with requests for the event loop or the GIL; off: graded "
+        "on the server's event loop",
+    )
+    judge_queue_size: int = opt(
+        1000, "answers waiting for the judge worker; one more is dropped and counted (queue_full)"
+    )
+    judge_concurrency: int = opt(16, "judge calls in flight at once in the judge worker")
+    judge_drain_s: float = opt(
+        5.0, "at shutdown, how long the judge worker may finish the grades queued before it is terminated"
+    )
+    judge_worker_max_restarts: int = opt(
+        5, "times a judge worker that died is restarted; after that answers are graded on the event loop"
+    )
     sticky_conversations: bool = opt(
         False, "a chat conversation stays on the model that answered its last turn (serve/sticky.py)"
     )
@@ -272,6 +288,13 @@ class ServeSettings:
             raise bad("judge_reference_model", "a catalog model name while judge_pairwise_share > 0")
         if self.judge_max_retries < 0:
             raise bad("judge_max_retries", "an integer >= 0")
+        for name in ("judge_queue_size", "judge_concurrency"):
+            if getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        if not (math.isfinite(self.judge_drain_s) and self.judge_drain_s >= 0):
+            raise bad("judge_drain_s", "seconds >= 0")
+        if self.judge_worker_max_restarts < 0:
+            raise bad("judge_worker_max_restarts", "an integer >= 0")
         if self.sticky_max_conversations < 1:
             raise bad("sticky_max_conversations", "an integer >= 1")
         if self.log_db:
