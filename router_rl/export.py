@@ -115,11 +115,15 @@ def export_artifact(policy: Any, context: dict[str, Any], out_dir: str | Path) -
     if out.exists():
         shutil.rmtree(out)
     embedder, extra_files = _encoder_files(context["embedder"], out)
+    mlp_head = getattr(policy, "mlp_head", None)
+    beta = float(getattr(policy, "blend_weight", 0.0))  # the network's share as the policy decides now
     try:
         return write_linear_artifact(
             out,
             models=models,
             tensors=head(),
+            mlp=mlp_head() if mlp_head is not None and beta > 0 else None,
+            mlp_weight=beta,
             embedder=embedder,
             extra_files=extra_files,
             cost_scale=float(context["cost_scale"]),

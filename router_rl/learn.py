@@ -22,6 +22,10 @@ the exact posterior mean of Bayesian ridge regression whose prior is the deploye
 measured cost or latency gets that head's own prediction as target: its design still counts, its mean moves
 not. The candidate artifact stores ``a_inv`` so the next ``learn`` continues from it.
 
+A ``linear+mlp`` artifact (the ``blend`` policy) decides on (1 - beta) * linear heads + beta * network; the
+network stays as deployed and the linear heads continue as above, as the policy itself learns online. The
+candidate keeps the network and beta; both policies' scores in the evaluation are the blended ones.
+
 DR uses the champion's predictions as the reward model: they were fitted before this log, so they do not
 overfit the rows they correct (no cross-fitting needed).
 """
@@ -52,6 +56,7 @@ _WRITER_FIELDS = {
     "default_cost_weight",
     "latency_weight",
     "normalisation",
+    "blend",
     "created_at",
     "files",
     "manifest_sha256",
@@ -101,9 +106,19 @@ def greedy_probs(scores: np.ndarray) -> np.ndarray:
     return ties / ties.sum(axis=1, keepdims=True)
 
 
-def _scores(theta: np.ndarray, xb: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:
-    """(n, K) rewards predicted by heads ``theta`` (3, K, D) for rows ``xb`` (n, D) at cost weights ``w`` (n,)."""
+def _scores(
+    theta: np.ndarray,
+    xb: np.ndarray,
+    w: np.ndarray,
+    lam: float,
+    net: np.ndarray | None = None,
+    beta: float = 0.0,
+) -> np.ndarray:
+    """(n, K) rewards predicted by heads ``theta`` (3, K, D) for rows ``xb`` (n, D) at cost weights ``w`` (n,);
+    with ``net`` (3, n, K), a linear+mlp artifact's network estimates, blended as (1 - beta) heads + beta net."""
     est = np.einsum("nd,hkd->hnk", xb, theta)
+    if net is not None:
+        est = (1.0 - beta) * est + beta * net
     return est[0] - w[:, None] * est[1] - lam * est[2]
 
 
@@ -156,7 +171,7 @@ def learn(
     register the candidate and move the alias only on a positive decision. See the module docstring."""
     from router_rl import ope
     from router_rl.policies.ridge import add_bias
-    from router_rl.serve.artifact import load_artifact
+    from router_rl.serve.artifact import load_artifact, mlp_estimates
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -232,8 +247,10 @@ def learn(
             allowed[:, c] |= np.isfinite(logged_scores[:, j])
     allowed[np.arange(n), a] = True  # the logged action was allowed
     w = data.cost_weight[keep]
-    champ_scores = _scores(theta0, xb, w, lam)
-    cand_scores = _scores(theta1, xb, w, lam)
+    beta = art.mlp_weight
+    net = np.asarray(mlp_estimates(art, x_all[keep]), dtype=np.float64) if beta > 0 else None
+    champ_scores = _scores(theta0, xb, w, lam, net, beta)
+    cand_scores = _scores(theta1, xb, w, lam, net, beta)
     p_champ = greedy_probs(np.where(allowed, champ_scores, -np.inf))[ev]
     p_cand = greedy_probs(np.where(allowed, cand_scores, -np.inf))[ev]
     mu, r, act_ev, q_hat = data.propensity[keep][ev], reward[ev], a[ev], champ_scores[ev]
@@ -414,6 +431,13 @@ def _write_candidate(
     extra = {key: v for key, v in art.manifest.items() if key not in _WRITER_FIELDS}
     extra["learned_from"] = {"policy_version": art.version, "log_db": log_db, "n_rows": n_rows}
     m = art.manifest
+    mlp = None
+    if art.mlp_weight > 0:  # a linear+mlp source: the candidate keeps its network as deployed
+        mlp = {
+            name: t.detach().float().cpu().numpy()
+            for name, t in art.tensors.items()
+            if name.startswith("mlp.")
+        }
     return write_linear_artifact(
         out,
         models=m["models"],
@@ -429,6 +453,8 @@ def _write_candidate(
         latency_weight=float(m.get("latency_weight", 0.0)),
         extra=extra,
         extra_files=extra_files,
+        mlp=mlp,
+        mlp_weight=art.mlp_weight,
     )
 
 

@@ -50,12 +50,16 @@ __all__ = [
     "decision_scores",
     "linear_estimates",
     "load_artifact",
+    "mlp_estimates",
     "scores_from_estimates",
     "write_linear_artifact",
     "write_manifest",
 ]
 
 LINEAR_TENSORS = ("theta_quality", "theta_cost", "theta_latency")
+MLP_PREFIX = (
+    "mlp."  # a linear+mlp artifact's network: mlp.<i>.weight / mlp.<i>.bias, mlp.col_mean, mlp.col_sd
+)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -117,6 +121,27 @@ class Artifact:
         t = self.theta.detach().float().cpu().numpy()
         return np.ascontiguousarray(t.reshape(-1, t.shape[-1]).T)
 
+    @property
+    def mlp_weight(self) -> float:
+        """beta, the network's share of every estimate (0 for a ``linear`` artifact)."""
+        if self.manifest["policy_kind"] != "linear+mlp":
+            return 0.0
+        return float(self.manifest["blend"]["mlp_weight"])
+
+    @functools.cached_property
+    def mlp_numpy(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray] | None:
+        """The network as float32 numpy for the CPU path: [(W^T (in, out), b)] per layer, col_mean, col_sd
+        (3K,); None for a ``linear`` artifact."""
+        if self.manifest["policy_kind"] != "linear+mlp":
+            return None
+
+        def host(name: str) -> np.ndarray:
+            return np.ascontiguousarray(self.tensors[MLP_PREFIX + name].detach().float().cpu().numpy())
+
+        n = int(self.manifest["blend"]["mlp_layers"])
+        layers = [(np.ascontiguousarray(host(f"{i}.weight").T), host(f"{i}.bias")) for i in range(n)]
+        return layers, host("col_mean"), host("col_sd")
+
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any], files: list[str] | tuple[str, ...]) -> Path:
     """Seal ``manifest`` and write it to ``out_dir/manifest.json``, with the sha256 and size of ``files``
@@ -149,9 +174,16 @@ def write_linear_artifact(
     latency_weight: float = 0.0,
     extra: dict[str, Any] | None = None,
     extra_files: list[str] | tuple[str, ...] = (),
+    mlp: dict[str, np.ndarray] | None = None,
+    mlp_weight: float = 0.0,
 ) -> Path:
     """Write a ``linear`` artifact from its head tensors (``theta_quality``, ``theta_cost``, ``theta_latency``,
     each (K, d + 1)); the writer twin of :func:`load_artifact`, used by ``router-rl export``, tests and tools.
+
+    With ``mlp`` (``mlp.<i>.weight`` (out, in) and ``mlp.<i>.bias`` per layer, ReLU between them, the last
+    with 3K outputs in head-major order, and ``mlp.col_mean``, ``mlp.col_sd`` (3K,) de-normalising them) the
+    artifact is ``linear+mlp``: every estimate is (1 - ``mlp_weight``) * the linear heads' + ``mlp_weight`` *
+    the network's (:func:`linear_estimates`).
 
     ``models``: the ordered catalog entries (``name``, ``usd_per_1m_input``, ``usd_per_1m_output``, optional
     latency priors); ``embedder``: ``id``, ``dim``, ``max_seq_length``; ``extra``: more manifest fields
@@ -165,7 +197,9 @@ def write_linear_artifact(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    if mlp and not all(name.startswith(MLP_PREFIX) for name in mlp):
+        raise ArtifactError(f"{out / WEIGHTS}: every network tensor's name must start with {MLP_PREFIX!r}")
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in {**tensors, **(mlp or {})}.items()}
     for name, array in arrays.items():
         if not np.isfinite(array).all():
             raise ArtifactError(f"{out / WEIGHTS}: tensor {name!r} holds NaN or infinite values")
@@ -173,7 +207,7 @@ def write_linear_artifact(
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "policy_kind": "linear",
+        "policy_kind": "linear+mlp" if mlp else "linear",
         "models": models,
         "embedder": embedder,
         "default_cost_weight": float(default_cost_weight),
@@ -185,6 +219,9 @@ def write_linear_artifact(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+    if mlp:
+        n_layers = sum(1 for name in mlp if name.endswith(".weight"))
+        manifest["blend"] = {"mlp_weight": float(mlp_weight), "mlp_layers": n_layers}
     return write_manifest(out, manifest, [WEIGHTS, *extra_files])
 
 
@@ -250,6 +287,44 @@ def _linear_tensors(manifest: dict[str, Any], data: bytes, root: Path, device: s
                 f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s); expected finite weights"
             )
         tensors[name] = t.to(device=device)
+    if manifest["policy_kind"] == "linear+mlp":
+        tensors.update(_mlp_tensors(manifest, raw, where, k, dim, device))
+    return tensors
+
+
+def _mlp_tensors(manifest: dict[str, Any], raw: dict[str, Any], where: Path, k: int, dim: int, device: str):
+    """A linear+mlp artifact's network: every layer present, chained shapes from ``dim`` to 3K, finite."""
+    import torch
+
+    n = int(manifest["blend"]["mlp_layers"])
+    expected: dict[str, tuple[int, ...]] = {}
+    width = dim
+    for i in range(n):
+        w = raw.get(f"{MLP_PREFIX}{i}.weight")
+        out_dim = int(w.shape[0]) if w is not None and w.ndim == 2 else -1
+        if i == n - 1:
+            out_dim = 3 * k
+        expected[f"{MLP_PREFIX}{i}.weight"] = (out_dim, width)
+        expected[f"{MLP_PREFIX}{i}.bias"] = (out_dim,)
+        width = out_dim
+    expected[f"{MLP_PREFIX}col_mean"] = (3 * k,)
+    expected[f"{MLP_PREFIX}col_sd"] = (3 * k,)
+    tensors = {}
+    for name, shape in expected.items():
+        if name not in raw:
+            raise ArtifactError(f"{where}: tensor {name!r} missing for policy kind 'linear+mlp' ({n} layers)")
+        t = raw[name]
+        if tuple(t.shape) != shape:
+            raise ArtifactError(
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} "
+                f"(layers chain from embedding dim {dim} to 3 x {k} models)"
+            )
+        t = t.to(dtype=torch.float32)
+        if not torch.isfinite(t).all():
+            raise ArtifactError(
+                f"{where}: tensor {name!r} holds NaN or infinite values; expected finite weights"
+            )
+        tensors[name] = t.to(device=device)
     return tensors
 
 
@@ -263,6 +338,7 @@ def linear_estimates(artifact: Artifact, x):
     """
     import torch
 
+    beta = artifact.mlp_weight
     if artifact.device == "cpu" and not isinstance(x, torch.Tensor):
         x = np.asarray(x, dtype=np.float32)
         b, d = x.shape
@@ -270,10 +346,50 @@ def linear_estimates(artifact: Artifact, x):
         xb[:, :d] = x
         xb[:, d] = 1.0
         k = artifact.theta.shape[1]
-        return (xb @ artifact.theta_t).reshape(b, 3, k).transpose(1, 0, 2)
+        linear = (xb @ artifact.theta_t).reshape(b, 3, k).transpose(1, 0, 2)
+        if artifact.mlp_numpy is None:
+            return linear
+        return np.float32(1.0 - beta) * linear + np.float32(beta) * mlp_estimates(artifact, x)
     x = torch.as_tensor(x, dtype=torch.float32, device=artifact.device)
     xb = torch.cat([x, torch.ones((x.shape[0], 1), dtype=x.dtype, device=x.device)], dim=1)
-    return torch.einsum("bd,hkd->hbk", xb, artifact.theta)
+    linear = torch.einsum("bd,hkd->hbk", xb, artifact.theta)
+    if artifact.mlp_numpy is None:
+        return linear
+    return (1.0 - beta) * linear + beta * mlp_estimates(artifact, x)
+
+
+def mlp_estimates(artifact: Artifact, x):
+    """(3, B, K) the network's estimates of a ``linear+mlp`` artifact (its share not applied): numpy float32 for
+    a numpy ``x`` (the CPU path), torch on the artifact's device for a torch ``x``."""
+    import torch
+
+    k = len(artifact.models)
+    n = int(artifact.manifest["blend"]["mlp_layers"])
+    if not isinstance(x, torch.Tensor):
+        layers, mean, sd = artifact.mlp_numpy
+        h = np.asarray(x, dtype=np.float32)
+        for i, (wt, bias) in enumerate(layers):
+            h = h @ wt + bias
+            if i < n - 1:
+                np.maximum(h, 0.0, out=h)
+        out = h * sd + mean
+    else:
+        t = artifact.tensors
+        h = x
+        for i in range(n):
+            h = h @ t[f"{MLP_PREFIX}{i}.weight"].T + t[f"{MLP_PREFIX}{i}.bias"]
+            if i < n - 1:
+                h = torch.relu(h)
+        out = h * t[f"{MLP_PREFIX}col_sd"] + t[f"{MLP_PREFIX}col_mean"]
+    return _head_major(out, k)
+
+
+def _head_major(out, k: int):
+    """(B, 3K) head-major columns -> (3, B, K)."""
+    b = out.shape[0]
+    if isinstance(out, np.ndarray):
+        return out.reshape(b, 3, k).transpose(1, 0, 2)
+    return out.reshape(b, 3, k).permute(1, 0, 2)
 
 
 def decision_scores(

@@ -7,7 +7,8 @@ and ``latency_budget_s`` already applied), draw model k with probability
 
 where s_k is the greedy score, u_k the LinUCB width of the context x (bias feature appended) under the
 artifact's inverse design ``a_inv`` (K, d + 1, d + 1) (absent: u = 0, a plain Boltzmann draw), beta the
-bonus, T the temperature and m the largest exponent (for stability). The propensity logged is p of the
+bonus, T the temperature and m the largest exponent (for stability). For a ``linear+mlp`` artifact u_k is
+scaled by the linear heads' share (1 - mlp_weight) of the estimate: the network part is fixed, no posterior. The propensity logged is p of the
 model drawn: exact, so IPS/SNIPS/DR can reweight any target policy within the allowed set, and a forbidden
 model has probability 0. Unlike Thompson sampling, whose propensities need Monte Carlo, this is closed form.
 """
@@ -77,6 +78,7 @@ def explore_softmax(
     else:
         xb = np.append(np.asarray(embedding, dtype=np.float64), 1.0)
         widths = np.sqrt(np.maximum(np.einsum("d,kde,e->k", xb, a_inv, xb), 0.0))
+        widths *= 1.0 - artifact.mlp_weight  # a linear+mlp artifact: the linear heads' share of the estimate
     p = bonus_softmax_probs(scores, widths, bonus=bonus, temperature=temperature)
     k = int(rng.choice(len(models), p=p))
     return Decision(

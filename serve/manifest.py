@@ -31,7 +31,8 @@ FORMAT = "router-rl-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
-POLICY_KINDS = ("linear",)
+POLICY_KINDS = ("linear", "linear+mlp")  # linear heads; the same blended with an MLP (see artifact.py)
+MAX_MLP_LAYERS = 16
 MANIFEST_SHA256 = "manifest_sha256"
 MANIFEST_HMAC = "manifest_hmac_sha256"
 SEAL_FIELDS = (MANIFEST_SHA256, MANIFEST_HMAC)
@@ -196,6 +197,8 @@ def check_fields(manifest: dict[str, Any], where: Path) -> None:
         raise ArtifactError(f"{where}: policy_kind {kind!r} is unknown; expected one of {POLICY_KINDS}")
     for key in ("models", "embedder", "normalisation", "files"):
         require(manifest, key, where)
+    if kind == "linear+mlp":
+        _check_blend(manifest, where)
     _check_models(manifest["models"], where)
     emb = manifest["embedder"]
     if not isinstance(emb, dict) or not isinstance(emb.get("id"), str) or not emb["id"].strip():
@@ -219,6 +222,22 @@ def check_fields(manifest: dict[str, Any], where: Path) -> None:
         if not _number(value) or value < 0:
             raise ArtifactError(f"{where}: {key} is {value!r}, expected a finite number >= 0")
     check_files(manifest["files"], where)
+
+
+def _check_blend(manifest: dict[str, Any], where: Path) -> None:
+    """A ``linear+mlp`` manifest's ``blend`` block: ``mlp_weight`` in [0, 1] and ``mlp_layers`` >= 1."""
+    blend = require(manifest, "blend", where)
+    if not isinstance(blend, dict):
+        raise ArtifactError(
+            f"{where}: blend is a JSON {_json_type(blend)}; expected {{mlp_weight, mlp_layers}}"
+        )
+    beta, layers = blend.get("mlp_weight"), blend.get("mlp_layers")
+    if not _number(beta) or not 0.0 <= beta <= 1.0:
+        raise ArtifactError(f"{where}: blend.mlp_weight is {beta!r}; expected a number in [0, 1]")
+    if not _integer(layers) or not 1 <= layers <= MAX_MLP_LAYERS:
+        raise ArtifactError(
+            f"{where}: blend.mlp_layers is {layers!r}; expected an integer from 1 to {MAX_MLP_LAYERS}"
+        )
 
 
 def _check_models(models: Any, where: Path) -> None:

@@ -1,0 +1,198 @@
+"""The low-rank LinUCB of :mod:`router_rl.policies.lowrank` blended with a supervised MLP prior.
+
+A linear head on a sentence embedding misses what only a nonlinear function of the embedding carries (an MLP
+on the same warm-start labels is the best single router on the tuning set); an MLP alone has no posterior to
+explore with and no statistics to continue from. Here the estimate of every head (quality, normalised cost,
+latency) of every model is the fixed convex blend
+
+    f_k(x) = (1 - beta) * theta_k^T [x, 1] + beta * g_k(x)
+
+of the low-rank LinUCB head theta_k and a one-network MLP g (:class:`router_rl.policies.mlp.MLPRouter`) fitted
+once, at the warm start, on the same full-information rows. Bandit feedback then moves the linear heads as in
+:class:`~router_rl.policies.lowrank.LowRankLinUCB` (Woodbury updates, periodic refits of the shared prior);
+the network stays as fitted, so learning online stays a bounded, inspectable linear update. Exploration is the
+LinUCB bonus of the linear heads, scaled by their share: alpha (1 - beta) sqrt(x^T A_k^{-1} x).
+
+Averaging a linear and a nonlinear regression fitted on the same rows is the simplest stacking (Breiman, 1996,
+"Stacked regressions"): their errors are partly independent, so the blend's error is below the mean of theirs.
+The serving form (``linear_head`` plus ``mlp_head``) is exported as the ``linear+mlp`` artifact kind and
+computed there by :func:`router_rl.serve.artifact.linear_estimates` with the same formula. Without a warm start
+the network predicts each head's average and the policy is LinUCB with shrunk estimates; use
+``lowrank_linucb`` for that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router_rl.policies import torch_mlp as tm
+from router_rl.policies.lowrank import LowRankLinUCB
+from router_rl.policies.mlp import MLPRouter
+
+MLP_DEFAULTS: dict[str, Any] = {
+    "hidden": [128],
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "weight_decay": 1e-3,
+}
+
+
+class BlendLinUCB(LowRankLinUCB):
+    """Low-rank LinUCB heads blended with an MLP fitted at the warm start.
+
+    Args:
+        models, dim, alpha, ridge, bias_ridge, rank, refit_every, prior_iters, threads: as
+            :class:`~router_rl.policies.lowrank.LowRankLinUCB`.
+        mlp_weight: beta, the network's share of every estimate (0 = plain low-rank LinUCB, 1 = the MLP).
+        mlp: the network's settings (``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``; see
+            :class:`~router_rl.policies.mlp.MLPRouter`).
+        device: where the network trains (``auto``: cuda when available).
+        seed: seeds the network's initial weights and minibatch order.
+    """
+
+    name = "blend"
+
+    def __init__(
+        self,
+        models: list[str],
+        dim: int,
+        alpha: float = 1.0,
+        ridge: float = 100.0,
+        bias_ridge: float = 0.01,
+        rank: int = 1,
+        refit_every: int = 1000,
+        prior_iters: int = 20,
+        threads: int = 1,
+        mlp_weight: float = 0.5,
+        mlp: dict[str, Any] | None = None,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            models,
+            dim,
+            alpha=alpha,
+            ridge=ridge,
+            bias_ridge=bias_ridge,
+            rank=rank,
+            refit_every=refit_every,
+            prior_iters=prior_iters,
+            threads=threads,
+        )
+        if not 0.0 <= float(mlp_weight) <= 1.0:
+            raise ValueError(f"{self.name}: mlp_weight must lie in [0, 1], got {mlp_weight}")
+        unknown = sorted(set(mlp or {}) - set(MLP_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown mlp setting(s) {unknown}; expected some of {sorted(MLP_DEFAULTS)}"
+            )
+        self.mlp_weight = float(mlp_weight)
+        self.mlp_config = {**MLP_DEFAULTS, **dict(mlp or {})}
+        self.mlp_config["hidden"] = [int(h) for h in self.mlp_config["hidden"]]
+        self.device_name, self.seed = str(device), int(seed)
+        self.net = self._new_net()
+        self.fitted = False
+
+    def _new_net(self) -> MLPRouter:
+        return MLPRouter(
+            list(self.models),
+            self.dim,
+            device=self.device_name,
+            seed=self.seed,
+            epsilon=0.0,
+            **self.mlp_config,
+        )
+
+    # ------------------------------------------------------------------------------------- estimates
+    @property
+    def blend_weight(self) -> float:
+        """The network's share in decisions: ``mlp_weight`` once fitted, 0 before (an unfitted net is noise)."""
+        return self.mlp_weight if self.fitted else 0.0
+
+    def estimates(self, x: np.ndarray) -> np.ndarray:
+        """(3, B, K): (1 - beta) * the linear heads' estimates + beta * the network's."""
+        linear = super().estimates(x)
+        beta = self.blend_weight
+        if beta == 0.0:
+            return linear
+        return (1.0 - beta) * linear + beta * self.net.estimates(x)
+
+    def scores(
+        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
+    ) -> np.ndarray:
+        s = self.mean_scores(x, cost_weight=cost_weight, latency_weight=latency_weight)
+        if explore and self.alpha > 0:
+            s = s + self.alpha * (1.0 - self.blend_weight) * self.widths(np.c_[x, np.ones(len(x))])[0]
+        return s
+
+    def probs(
+        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
+    ) -> np.ndarray:
+        from router_rl.policies.base import greedy_probs
+
+        return greedy_probs(
+            self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight, explore=explore)
+        )
+
+    # -------------------------------------------------------------------------------------- learning
+    def warm_start(self, x, quality, cost, latency, weight: float = 1.0) -> None:
+        """The low-rank heads' warm start, and the network fitted on the same rows (full information)."""
+        super().warm_start(x, quality, cost, latency, weight=weight)
+        if self.mlp_weight > 0:
+            self.net = self._new_net().fit(x, quality, cost, latency)
+            self.net._clear_buffer()  # the network is not retrained online: keep no buffer
+            self.fitted = True
+
+    # ------------------------------------------------------------------------------------ the catalog
+    def add_model(self, name: str) -> None:
+        """A new arm: its linear head at the prior; the network predicts each head's average model for it."""
+        super().add_model(name)
+        self.net.add_model(name)
+
+    def remove_model(self, name: str) -> None:
+        super().remove_model(name)
+        self.net.remove_model(name)
+
+    # --------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        net = self.net.state_dict()
+        return {
+            **super().state_dict(),
+            **{f"mlp.{k}": v for k, v in net.items() if not k.startswith("buffer_")},
+            "mlp_fitted": np.array([int(self.fitted)], dtype=np.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        super().load_state_dict({k: v for k, v in state.items() if not k.startswith("mlp")})
+        net_state = {k[len("mlp.") :]: v for k, v in state.items() if k.startswith("mlp.")}
+        k, d = len(self.models), self.dim
+        net_state.setdefault("buffer_x", np.zeros((0, d), dtype=np.float32))
+        net_state.setdefault("buffer_sum", np.zeros((0, k, tm.HEADS)))
+        net_state.setdefault("buffer_count", np.zeros((0, k)))
+        self.net.load_state_dict(net_state)
+        self.fitted = bool(int(np.asarray(state.get("mlp_fitted", [0]))[0]))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "mlp_weight": self.mlp_weight,
+            "mlp": dict(self.mlp_config),
+            "device": self.device_name,
+            "seed": self.seed,
+        }
+
+    def mlp_head(self) -> dict[str, np.ndarray]:
+        """The network's serving form: its layers (``mlp.<i>.weight`` (out, in), ``mlp.<i>.bias``; ReLU between
+        them) and the output de-normalisation ``mlp.col_mean``, ``mlp.col_sd`` (3K, head-major)."""
+        arrays = tm.module_arrays(self.net.net, "")
+        out: dict[str, np.ndarray] = {}
+        layers = sorted({int(name.split(".")[0]) for name in arrays})
+        for i, index in enumerate(layers):
+            out[f"mlp.{i}.weight"] = arrays[f"{index}.weight"]
+            out[f"mlp.{i}.bias"] = arrays[f"{index}.bias"]
+        out["mlp.col_mean"] = np.asarray(self.net.col_mean)
+        out["mlp.col_sd"] = np.asarray(self.net.col_sd)
+        return out

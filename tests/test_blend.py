@@ -1,0 +1,232 @@
+"""The blend policy (low-rank LinUCB heads + an MLP fitted at the warm start) and its ``linear+mlp`` artifact:
+the blend formula, its serving form computing the same estimates (numpy and torch paths), the manifest's
+checks, and ``learn`` continuing the linear heads while keeping the network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_rl.export import export_artifact
+from router_rl.learn import learn
+from router_rl.policies.blend import BlendLinUCB
+from router_rl.policies.lowrank import LowRankLinUCB
+from router_rl.serve.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    ArtifactError,
+    decision_scores,
+    linear_estimates,
+    load_artifact,
+    mlp_estimates,
+    write_manifest,
+)
+from router_rl.serve.decision_log import DecisionLog
+
+MODELS = ["big", "mid", "small"]
+DIM = 16
+
+
+def tables(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Contexts and full-information outcomes where quality is a nonlinear function of the prompt (|x_0|)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, DIM))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    hard = np.abs(x[:, :1]) * 4  # no linear function of x sees this
+    quality = np.clip(np.c_[0.9 - 0.1 * hard, 0.8 - 0.3 * hard, 0.7 - 0.6 * hard], 0, 1)
+    cost = np.tile([1.0, 0.3, 0.05], (n, 1)) * (1 + 0.1 * x[:, 1:2])
+    latency = np.tile([2.0, 1.0, 0.5], (n, 1))
+    return x, quality, cost, latency
+
+
+def fitted(beta: float = 0.5, seed: int = 0) -> BlendLinUCB:
+    x, q, c, lat = tables()
+    policy = BlendLinUCB(list(MODELS), DIM, mlp_weight=beta, mlp={"epochs": 60}, device="cpu", seed=seed)
+    policy.warm_start(x, q, c, lat)
+    return policy
+
+
+def export(policy: BlendLinUCB, out: Path) -> Path:
+    context = {
+        "catalog_models": [
+            {
+                "name": m,
+                "usd_per_1m_input": p,
+                "usd_per_1m_output": p,
+                "ttft_s": None,
+                "output_tokens_per_s": None,
+            }
+            for m, p in zip(MODELS, (10.0, 1.0, 0.1), strict=True)
+        ],
+        "embedder": {"id": "toy", "dim": DIM, "max_seq_length": 256},
+        "cost_scale": 0.01,
+        "cost_weight": 0.2,
+        "latency_weight": 0.0,
+    }
+    return export_artifact(policy, context, out)
+
+
+def test_estimates_are_the_blend_of_the_linear_heads_and_the_network() -> None:
+    policy = fitted(0.3)
+    x = tables(20, seed=1)[0]
+    linear = LowRankLinUCB.estimates(policy, x)
+    assert np.allclose(policy.estimates(x), 0.7 * linear + 0.3 * policy.net.estimates(x))
+    zero = fitted(0.0)  # beta 0 is lowrank_warm exactly
+    ref = LowRankLinUCB(list(MODELS), DIM)
+    ref.warm_start(*tables())
+    assert np.allclose(zero.estimates(x), ref.estimates(x))
+
+
+def test_the_blend_fits_what_the_linear_heads_cannot() -> None:
+    x, q, c, lat = tables(400, seed=2)
+    blend, linear = fitted(0.5), LowRankLinUCB(list(MODELS), DIM)
+    linear.warm_start(*tables())
+    err_blend = np.abs(blend.estimates(x)[0] - q).mean()
+    err_linear = np.abs(linear.estimates(x)[0] - q).mean()
+    assert err_blend < 0.8 * err_linear
+
+
+def test_before_a_warm_start_the_network_has_no_say() -> None:
+    policy = BlendLinUCB(list(MODELS), DIM, device="cpu")
+    x = tables(10)[0]
+    assert policy.blend_weight == 0.0
+    assert np.allclose(policy.estimates(x), LowRankLinUCB.estimates(policy, x))
+
+
+def test_feedback_moves_the_linear_heads_and_not_the_network() -> None:
+    policy = fitted()
+    x = tables(50, seed=3)[0]
+    before_net = policy.net.estimates(x)
+    before = policy.estimates(x)
+    policy.update(x, np.zeros(50, dtype=int), np.zeros(50), np.ones(50), np.ones(50))
+    assert np.array_equal(policy.net.estimates(x), before_net)
+    assert policy.estimates(x)[0, :, 0].mean() < before[0, :, 0].mean()  # big's quality learned down
+
+
+def test_state_round_trip_and_catalog_changes() -> None:
+    policy = fitted()
+    x = tables(10, seed=4)[0]
+    again = BlendLinUCB(list(MODELS), DIM, device="cpu")
+    again.load_state_dict(policy.state_dict())
+    assert np.allclose(again.estimates(x), policy.estimates(x))
+    policy.add_model("new")
+    assert policy.estimates(x).shape == (3, 10, 4)
+    policy.remove_model("mid")
+    assert policy.estimates(x).shape == (3, 10, 3) and policy.models == ["big", "small", "new"]
+
+
+def test_bad_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="mlp_weight"):
+        BlendLinUCB(list(MODELS), DIM, mlp_weight=1.5)
+    with pytest.raises(ValueError, match="unknown mlp setting"):
+        BlendLinUCB(list(MODELS), DIM, mlp={"layers": 2})
+
+
+def test_the_artifact_computes_the_policy_estimates_and_decisions(tmp_path: Path) -> None:
+    policy = fitted()
+    art = load_artifact(export(policy, tmp_path / "art"), device="cpu")
+    assert art.manifest["policy_kind"] == "linear+mlp"
+    assert art.manifest["blend"] == {"mlp_weight": 0.5, "mlp_layers": 2}
+    x = tables(64, seed=5)[0].astype(np.float32)
+    served = linear_estimates(art, x)  # numpy path
+    assert isinstance(served, np.ndarray)
+    assert np.allclose(served, policy.estimates(x), atol=1e-5)
+    import torch
+
+    on_torch = linear_estimates(art, torch.as_tensor(x)).numpy()  # the accelerator path, here on the CPU
+    assert np.allclose(on_torch, served, atol=1e-5)
+    scores, _ = decision_scores(art, x, cost_weight=0.2)
+    expected = policy.mean_scores(x, cost_weight=0.2)
+    assert np.array_equal(scores.argmax(axis=1), expected.argmax(axis=1))
+
+
+def test_without_a_fitted_network_the_export_is_linear(tmp_path: Path) -> None:
+    policy = BlendLinUCB(list(MODELS), DIM, device="cpu")
+    art = load_artifact(export(policy, tmp_path / "art"), device="cpu")
+    assert art.manifest["policy_kind"] == "linear" and art.mlp_numpy is None and art.mlp_weight == 0.0
+
+
+def rewrite(art_dir: Path, manifest_change=None, drop: str | None = None, reshape: str | None = None) -> None:
+    """Change an exported artifact's manifest or weights and reseal it (as a buggy writer would)."""
+    from safetensors.numpy import load_file, save_file
+
+    manifest = json.loads((art_dir / MANIFEST).read_text())
+    if manifest_change:
+        manifest_change(manifest)
+    arrays = load_file(str(art_dir / WEIGHTS))
+    if drop:
+        arrays.pop(drop)
+    if reshape:
+        arrays[reshape] = arrays[reshape][..., :-1]  # one input (or output) too few
+    save_file(arrays, str(art_dir / WEIGHTS))
+    for key in ("files", "manifest_sha256"):
+        manifest.pop(key, None)
+    write_manifest(art_dir, manifest, [WEIGHTS])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"manifest_change": lambda m: m["blend"].update(mlp_weight=2.0)}, "blend.mlp_weight is 2.0"),
+        ({"manifest_change": lambda m: m.pop("blend")}, "blend"),
+        ({"manifest_change": lambda m: m["blend"].update(mlp_layers=0)}, "blend.mlp_layers is 0"),
+        ({"drop": "mlp.1.bias"}, "'mlp.1.bias' missing"),
+        ({"reshape": "mlp.0.weight"}, "'mlp.0.weight' has shape"),
+        ({"reshape": "mlp.col_sd"}, "'mlp.col_sd' has shape"),
+    ],
+)
+def test_a_bad_network_is_refused_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    art_dir = export(fitted(), tmp_path / "art")
+    with pytest.raises(
+        ArtifactError, match=message
+    ) as err:  # the writer refuses a bad manifest, the loader both
+        rewrite(art_dir, **change)
+        load_artifact(art_dir, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_learn_continues_the_linear_heads_and_keeps_the_network(tmp_path: Path) -> None:
+    policy = fitted()
+    art_dir = export(policy, tmp_path / "art")
+    art = load_artifact(art_dir, device="cpu")
+    rng = np.random.default_rng(6)
+    x = tables(400, seed=6)[0].astype(np.float32)
+    log_path = tmp_path / "log.sqlite"
+    log = DecisionLog(log_path)
+    for i in range(len(x)):
+        a = int(rng.integers(3))
+        did = f"{i:032x}"
+        log.log_decision(
+            {
+                "decision_id": did,
+                "ts": 1000.0 + i,
+                "endpoint": "route",
+                "policy_version": art.version,
+                "models": json.dumps(MODELS),
+                "action": a,
+                "model": MODELS[a],
+                "propensity": 1 / 3,
+                "scores": json.dumps([0.0, 0.0, 0.0]),
+                "pred_quality": json.dumps([0.5, 0.5, 0.5]),
+                "pred_cost_usd": json.dumps([0.01, 0.001, 0.0001]),
+                "cost_weight": 0.2,
+                "cost_scale": 0.01,
+                "limits": "{}",
+                "prompt_sha256": f"{i:064x}",
+                "prompt": None,
+                "embedding": x[i].tobytes(),
+                "api_key": None,
+            }
+        )
+        log.add_feedback(did, 1.0 if a == 2 else 0.0, cost_usd=0.0001, latency_s=0.5)  # small is always right
+    log.close()
+    result = learn(str(log_path), art_dir, tmp_path / "out", holdout=0.3)
+    cand = load_artifact(result.artifact, device="cpu")
+    assert cand.manifest["policy_kind"] == "linear+mlp" and cand.mlp_weight == 0.5
+    assert np.array_equal(mlp_estimates(cand, x), mlp_estimates(art, x))  # the network as deployed
+    moved = linear_estimates(cand, x)[0] - linear_estimates(art, x)[0]
+    assert moved[:, 2].mean() > 0.02 and moved[:, 0].mean() < -0.02  # small learned up, big down
+    assert result.ope["n_evaluated"] == 120
