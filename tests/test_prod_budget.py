@@ -4,11 +4,13 @@ injected clock stamps the log's rows and drives the pacer), so the test does not
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_rl.serve.app import create_app
@@ -138,11 +140,66 @@ def test_spend_pricing_and_the_dual_step() -> None:
     assert dual_step(0.5, 3.0, 1.0, 0.1, 20.0) == pytest.approx(0.7)  # 3x over: up by 2 steps
     assert dual_step(0.05, 0.0, 1.0, 0.1, 20.0) == 0.0  # under: down, never below 0
     assert dual_step(19.99, 100.0, 1.0, 0.1, 20.0) == 20.0
-    pacer = SpendPacer(lambda since: [], target_usd_per_hour=1.0, update_s=60.0, window_s=300.0, step=0.06)
+    # the cumulative correction: $0.2 beyond the target so far, paid back over 1,000 s, adds 3600 * 0.2 / 1000
+    assert dual_step(0.5, 1.0, 1.0, 0.1, 20.0, excess_usd=0.2, recover_s=1000.0) == pytest.approx(0.572)
+    assert dual_step(0.5, 1.0, 1.0, 0.1, 20.0, excess_usd=5.0, recover_s=1000.0) == pytest.approx(
+        0.6
+    )  # at most 1
+    assert dual_step(0.5, 1.0, 1.0, 0.1, 20.0, excess_usd=-5.0, recover_s=1000.0) == pytest.approx(0.4)
+    rows = [(T0 - 299.0, 0.25, None, "[0]", 0)]
+    plain = SpendPacer(
+        lambda since: [],
+        target_usd_per_hour=1.0,
+        update_s=60.0,
+        window_s=300.0,
+        step=0.06,
+        recover_s=math.inf,
+        registry=CollectorRegistry(),
+    )
     # $0.25 in the last 300 s is $3 an hour: after 60 s, lambda = 0.06 * (60 / 60) * (3 - 1)
+    plain.last_update = T0 - 60.0
+    assert plain.update(T0, rows) == pytest.approx(0.12, rel=1e-2)
+    assert plain.spend_last_hour == 0.25
+    pacer = SpendPacer(lambda since: [], target_usd_per_hour=1.0, update_s=60.0, window_s=300.0, step=0.06)
+    assert pacer.recover_s == 1200.0  # four rate windows
     pacer.last_update = T0 - 60.0
-    assert pacer.update(T0, [(T0 - 299.0, 0.25, None, "[0]", 0)]) == pytest.approx(0.12, rel=1e-2)
-    assert pacer.spend_last_hour == 0.25
+    # the hour so far is 299 s, whose target is $0.083: $0.167 beyond it, paid back over 1,200 s adds 0.50
+    assert pacer.update(T0, rows) == pytest.approx(0.06 * (2.01 + 0.50), rel=1e-2)
+    assert pacer.excess == pytest.approx(0.25 - 299.0 / 3600.0)
+
+
+def closed_loop(recover_s: float | None, hours: int = 2) -> list[float]:
+    """A stream (one request every 12 s) whose spend rate is 3x the target at lambda = 0 and falls as
+    exp(-lambda / 0.2): the pacer settles at lambda = 0.2 ln 3. Returns the spend per hour / the target."""
+    pacer = SpendPacer(
+        lambda since: [],
+        target_usd_per_hour=1.0,
+        update_s=60.0,
+        window_s=300.0,
+        step=0.05,
+        recover_s=recover_s,
+        registry=CollectorRegistry(),
+    )
+    rows: list[tuple] = []
+    per_hour = [0.0] * hours
+    for i in range(hours * 300):
+        t = T0 + 12.0 * i
+        if pacer.due(t):
+            pacer.update(t, rows)
+        cost = 3.0 * 12.0 / 3600.0 * math.exp(-pacer.multiplier / 0.2)
+        rows.append((t, cost, None, "[0]", 0))
+        per_hour[i // 300] += cost
+    assert pacer.multiplier == pytest.approx(0.2 * math.log(3.0), rel=0.01)
+    return per_hour
+
+
+def test_the_cumulative_correction_pays_back_the_overspend_of_the_ramp_up() -> None:
+    """While lambda climbs from 0 the stream overspends; the plain dual step (an integral of the rate error)
+    never pays that back, so the first hour ends 2% over; paced toward the cumulative target it ends on it."""
+    plain = closed_loop(math.inf)
+    assert plain[0] > 1.02 and plain[1] == pytest.approx(1.0, abs=1e-3)
+    corrected = closed_loop(None)
+    np.testing.assert_allclose(corrected, 1.0, atol=0.004)
 
 
 @pytest.mark.parametrize(
