@@ -1,17 +1,24 @@
 """What judge sampling costs a request: p50/p99 of a non-streamed chat request through the real server with
-``--judge-share 1.0`` against the same server with judging off.
+judging on (``--judge-share 1.0`` and a realistic ``0.1``) against the same server with judging off.
 
-    python experiments/bench_judging.py                # about 2 minutes on 2 cores
-    python experiments/bench_judging.py --rounds 4 --requests 50   # seconds
+    python experiments/bench_judging.py                # about 4 minutes on 2 cores
+    python experiments/bench_judging.py --rounds 4 --requests 50   # under a minute
 
-Two ``router-rl serve`` subprocesses (a toy linear artifact on the default encoder; a fixed set of prompts,
-warmed into the embedding cache first, so the head decides inline and the encoder is out of the picture) share
-one local OpenAI-compatible stub that is both their upstream and the judge (``experiments/production_loop.py``'s
-:class:`Stub`: it answers, and grades with a recorded grade). Both servers log every decision durably to their
-own sqlite file; the judged one also writes each grade as feedback. Rounds alternate which server goes first;
-each round sends ``--requests`` requests one at a time (concurrency 1, keep-alive), then waits until every
-judged answer of the round has its grade stored (so the judged server's background work is finished before
-the other server is measured, and it overlaps only its own next requests, as in production).
+Since issue 14 the grading runs in the judge worker (serve/judge_worker.py): a separate process at
+``os.nice(19)``, fed through a bounded queue, that calls the judge and writes the grade's feedback row itself,
+so the serving process only draws the sample and queues a small job after the response went out. With
+``--event-loop`` (the default) one more server grades on its own event loop (``--no-judge-worker``, the design
+before the worker) at the first share, measured in the same rounds for comparison.
+
+Each server is a ``router-rl serve`` subprocess (a toy linear artifact on the default encoder; a fixed set of
+prompts, warmed into the embedding cache first, so the head decides inline and the encoder is out of the
+picture); all share one local OpenAI-compatible stub that is both their upstream and the judge
+(``experiments/production_loop.py``'s :class:`Stub`: it answers, and grades with a recorded grade). Every
+server logs every decision durably to its own sqlite file; the judged ones also write each grade as feedback.
+Rounds rotate which server goes first; each round sends ``--requests`` requests one at a time (concurrency 1,
+keep-alive) to each server, and after a judged server's turn waits until every answer of the round is
+accounted for in its judge metrics (graded, sampled out or dropped), so its background work is finished before
+the next server is measured and overlaps only its own next requests, as in production.
 
 Target (issue 14): judging adds <= 0.5 ms to the p50. Writes experiments/results/bench_judging.{json,md}.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -86,6 +94,43 @@ def measure(url: str, n: int, texts: list[str], gap_ms: float = 0.0) -> list[flo
     return asyncio.run(paced())
 
 
+def judge_accounted(url: str) -> int:
+    """Answers the server's judge has dealt with: graded (any outcome) or skipped (any reason)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return int(
+        sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            if family.name in ("router_rl_judge_grades", "router_rl_judge_skipped")
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
+    )
+
+
+def wait_for_judging(url: str, sent: int, timeout_s: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    got = judge_accounted(url)
+    while got < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = judge_accounted(url)
+    return got
+
+
+def latency_stats(xs: list[float], round_p50: list[float]) -> dict:
+    a = np.array(xs) * 1e3
+    return {
+        "n": int(a.size),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "median_of_round_p50_ms": float(np.median(round_p50)),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
@@ -93,11 +138,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--paced-requests", type=int, default=60, help="paced requests per server per round")
     p.add_argument("--gap-ms", type=float, default=20.0, help="idle time after each paced request")
     p.add_argument("--prompts", type=int, default=32, help="distinct prompts, cycled (cached after warm-up)")
+    p.add_argument(
+        "--judge-shares",
+        default="1.0,0.1",
+        help="comma-separated --judge-share values: one judged server each",
+    )
+    p.add_argument(
+        "--event-loop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a server grading on its event loop (--no-judge-worker) at the first share",
+    )
     p.add_argument("--out", default=str(RESULTS / "bench_judging"), help="output prefix (.json, .md)")
     opts = p.parse_args(argv)
     from router_rl.serve.testing import toy_artifact
 
     t_start = time.perf_counter()
+    shares = [float(x) for x in opts.judge_shares.split(",") if x.strip()]
     texts = prompts(opts.prompts)
     work = Path(tempfile.mkdtemp(prefix="bench-judging-"))
     art = toy_artifact(work / "toy", MODELS, quality=[0.8, 0.7], cost_usd=[0.01, 0.001], slope=0.5)
@@ -105,121 +162,154 @@ def main(argv: list[str] | None = None) -> dict:
     quality = np.full((opts.prompts, k), 0.7)
     tokens = np.full((opts.prompts, k), 100)
     modes = {"back_to_back": 0.0, "paced": float(opts.gap_ms)}
-    lat = {m: {"off": [], "on": []} for m in modes}
-    round_p50 = {m: {"off": [], "on": []} for m in modes}
-    graded = 0
     with Stub(quality, tokens, tokens, MODELS) as stub:
         common = ["--upstream", stub.base_url]
-        judge = ["--judge-share", "1.0", "--judge-url", stub.base_url, "--judge-model", JUDGE_MODEL]
-        judge += ["--judge-budget-usd-per-hour", "1000"]
-        (work / "off").mkdir()
-        (work / "on").mkdir()
-        with Serve(art, work / "off", common) as off, Serve(art, work / "on", common + judge) as on:
-            servers = {"off": off, "on": on}
+        judge = [
+            "--judge-url",
+            stub.base_url,
+            "--judge-model",
+            JUDGE_MODEL,
+            "--judge-budget-usd-per-hour",
+            "1000",
+        ]
+        variants: dict[str, list[str]] = {"off": []}
+        for share in shares:
+            variants[f"worker {share:g}"] = [*judge, "--judge-share", str(share)]
+        if opts.event_loop and shares:
+            variants[f"event loop {shares[0]:g}"] = [
+                *judge,
+                "--judge-share",
+                str(shares[0]),
+                "--no-judge-worker",
+            ]
+        judged = [name for name in variants if name != "off"]
+        lat = {m: {name: [] for name in variants} for m in modes}
+        round_p50 = {m: {name: [] for name in variants} for m in modes}
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for i, (name, args) in enumerate(variants.items()):
+                (work / str(i)).mkdir()
+                servers[name] = stack.enter_context(Serve(art, work / str(i), common + args))
+            sent = dict.fromkeys(variants, 2 * opts.prompts)
             for server in servers.values():  # warm-up: every prompt into the cache, connections opened
                 measure(server.url, 2 * opts.prompts, texts)
-            sent_on = 2 * opts.prompts
-            on.wait_for_grades(sent_on)
+            for name in judged:
+                wait_for_judging(servers[name].url, sent[name])
+            names = list(variants)
             for r in range(opts.rounds):
                 for mode, gap in modes.items():
                     n = opts.requests if gap <= 0 else opts.paced_requests
-                    order = ["off", "on"] if r % 2 == 0 else ["on", "off"]
+                    order = names[r % len(names) :] + names[: r % len(names)]  # who goes first rotates
                     for name in order:
                         got = measure(servers[name].url, n, texts, gap)
                         lat[mode][name] += got
                         round_p50[mode][name].append(float(np.median(got)) * 1e3)
-                        if name == "on":
-                            sent_on += n
-                            graded = on.wait_for_grades(sent_on)
+                        if name != "off":
+                            sent[name] += n
+                            wait_for_judging(servers[name].url, sent[name])
                     print(
-                        f"round {r} {mode}: p50 off {round_p50[mode]['off'][-1]:.3f} ms, "
-                        f"on {round_p50[mode]['on'][-1]:.3f} ms",
+                        f"round {r} {mode}: p50 "
+                        + ", ".join(f"{name} {round_p50[mode][name][-1]:.3f} ms" for name in names),
                         flush=True,
                     )
-            judged = stub.judged
+            grades = {name: servers[name].judged_count() for name in judged}
+            health = {name: httpx_json(f"{servers[name].url}/healthz").get("judge") for name in judged}
+        judge_calls = stub.judged
     result = {
         "command": "python experiments/bench_judging.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
         "config": vars(opts),
-        "grades_stored": graded,
-        "judge_calls": judged,
+        "servers": {name: " ".join(args) for name, args in variants.items()},
+        "grades_stored": grades,
+        "judge_calls": judge_calls,
+        "judge": health,
         "target": "judging adds <= 0.5 ms to the p50",
     }
     for mode in modes:
-        stats = {}
-        for name, xs in lat[mode].items():
-            a = np.array(xs) * 1e3
-            stats[name] = {
-                "n": int(a.size),
-                "p50_ms": float(np.percentile(a, 50)),
-                "p99_ms": float(np.percentile(a, 99)),
-                "mean_ms": float(a.mean()),
-                "median_of_round_p50_ms": float(np.median(round_p50[mode][name])),
+        stats = {name: latency_stats(lat[mode][name], round_p50[mode][name]) for name in variants}
+        off = stats["off"]
+        versus = {}
+        for name in judged:
+            on = stats[name]
+            paired = np.array(round_p50[mode][name]) - np.array(round_p50[mode]["off"])
+            d50 = on["p50_ms"] - off["p50_ms"]
+            versus[name] = {
+                "p50_ratio": on["p50_ms"] / off["p50_ms"],
+                "p99_ratio": on["p99_ms"] / off["p99_ms"],
+                "p50_difference_ms": d50,
+                "p99_difference_ms": on["p99_ms"] - off["p99_ms"],
+                "round_p50_difference_ms": {
+                    "median": float(np.median(paired)),
+                    "q25": float(np.percentile(paired, 25)),
+                    "q75": float(np.percentile(paired, 75)),
+                },
+                "met": bool(d50 <= 0.5),
             }
-        paired = np.array(round_p50[mode]["on"]) - np.array(round_p50[mode]["off"])
-        d50 = stats["on"]["p50_ms"] - stats["off"]["p50_ms"]
-        result[mode] = {
-            "gap_ms": modes[mode],
-            "judge_off": stats["off"],
-            "judge_on": stats["on"],
-            "p50_ratio": stats["on"]["p50_ms"] / stats["off"]["p50_ms"],
-            "p99_ratio": stats["on"]["p99_ms"] / stats["off"]["p99_ms"],
-            "p50_difference_ms": d50,
-            "p99_difference_ms": stats["on"]["p99_ms"] - stats["off"]["p99_ms"],
-            "round_p50_difference_ms": {
-                "median": float(np.median(paired)),
-                "q25": float(np.percentile(paired, 25)),
-                "q75": float(np.percentile(paired, 75)),
-            },
-            "met": bool(d50 <= 0.5),
-        }
+        result[mode] = {"gap_ms": modes[mode], "servers": stats, "vs_off": versus}
     result["minutes"] = (time.perf_counter() - t_start) / 60
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     write_md(result, out.with_suffix(".md"))
-    print(json.dumps({k: result[k] for k in ("back_to_back", "paced")}, indent=1))
+    print(json.dumps({m: result[m]["vs_off"] for m in modes}, indent=1))
     return result
+
+
+def httpx_json(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url, timeout=30).json()
 
 
 def write_md(r: dict, path: Path) -> None:
     bb, pc = r["back_to_back"], r["paced"]
+    cfg = r["config"]
+    judged = list(bb["vs_off"])
     lines = [
         "# Judge sampling overhead (issue 14)",
         "",
-        f"Made by `experiments/bench_judging.py` (`{r['command']}`), {r['minutes']:.1f} min, "
+        f"Made by `experiments/bench_judging.py` (`{r['command'].strip()}`), {r['minutes']:.1f} min, "
         f"{r['machine']['cpus']} CPUs, load average {', '.join(f'{x:.1f}' for x in r['machine']['load_avg'])} "
         "at the end (the machine is shared).",
         "",
         "A non-streamed chat request through `router-rl serve` (HTTP on loopback, one request at a time, cached "
-        "prompt: the head decides inline; durable decision log) with `--judge-share 1.0` (every answer graded "
-        "in a background task after the response went out, the grade stored as judge feedback) against the "
-        f"same server with judging off, {r['config']['rounds']} interleaved rounds; {r['grades_stored']} grades "
-        f"stored from {r['judge_calls']} judge calls. Two loads: back to back ({r['config']['requests']} "
-        "requests per server per round, the next request sent as soon as the answer arrives, so the judged "
-        "server's background grading (the judge call on the event loop, the feedback row's durable commit) "
-        f"competes with it) and paced ({r['config']['paced_requests']} requests per round, "
-        f"{pc['gap_ms']:g} ms idle after each answer, so the grading is done before the next request: what "
-        "judging adds to the request path itself).",
+        "prompt: the head decides inline; durable decision log) with judging on against the same server with "
+        "judging off, in interleaved rounds. `worker S`: `--judge-share S`, graded in the judge worker (a "
+        "separate process at `os.nice(19)` fed by a bounded queue, which calls the judge and commits the grade's "
+        "feedback row itself; the server only draws the sample and queues a small job after the response went "
+        "out). `event loop S`: the design before the worker (`--no-judge-worker`): the judge call, its JSON and "
+        f"the feedback commit in a background task on the server's own event loop. {cfg['rounds']} rounds; "
+        "grades stored: "
+        + ", ".join(f"{name} {n}" for name, n in r["grades_stored"].items())
+        + f" ({r['judge_calls']} judge calls). Two loads: back to back ({cfg['requests']} requests per server "
+        "per round, the next request sent as soon as the answer arrives, so it meets the grading of the answer "
+        f"before it) and paced ({cfg['paced_requests']} requests per round, {pc['gap_ms']:g} ms idle after each "
+        "answer, so the grading is done before the next request: what judging adds to the request path itself).",
         "",
-        "| load | p50 off (ms) | p50 on (ms) | p50 on / off | p50 on - off (ms) | p99 off | p99 on | p99 on / off "
+        "| load | server | p50 (ms) | p50 on - off (ms) | p50 on / off | p99 (ms) | p99 on / off "
         "| per-round p50 difference, median [IQR] (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for name, m in (("back to back", bb), ("paced", pc)):
-        rp = m["round_p50_difference_ms"]
-        lines.append(
-            f"| {name} | {m['judge_off']['p50_ms']:.3f} | {m['judge_on']['p50_ms']:.3f} | {m['p50_ratio']:.3f} | "
-            f"{m['p50_difference_ms']:+.3f} | {m['judge_off']['p99_ms']:.3f} | {m['judge_on']['p99_ms']:.3f} | "
-            f"{m['p99_ratio']:.3f} | {rp['median']:+.3f} [{rp['q25']:+.3f}, {rp['q75']:+.3f}] |"
-        )
-    lines += [
-        "",
-        f"Target: {r['target']}: back to back **{'met' if bb['met'] else 'not met'}** "
-        f"({bb['p50_difference_ms']:+.3f} ms), paced **{'met' if pc['met'] else 'not met'}** "
-        f"({pc['p50_difference_ms']:+.3f} ms).",
-        "",
-    ]
+    for label, m in (("back to back", bb), ("paced", pc)):
+        off = m["servers"]["off"]
+        lines.append(f"| {label} | off | {off['p50_ms']:.3f} | | | {off['p99_ms']:.3f} | | |")
+        for name in judged:
+            s, v = m["servers"][name], m["vs_off"][name]
+            rp = v["round_p50_difference_ms"]
+            lines.append(
+                f"| {label} | {name} | {s['p50_ms']:.3f} | {v['p50_difference_ms']:+.3f} | {v['p50_ratio']:.3f} | "
+                f"{s['p99_ms']:.3f} | {v['p99_ratio']:.3f} | {rp['median']:+.3f} [{rp['q25']:+.3f}, "
+                f"{rp['q75']:+.3f}] |"
+            )
+    lines += ["", f"Target: {r['target']}:"]
+    for name in judged:
+        verdicts = [
+            f"{label} **{'met' if m['vs_off'][name]['met'] else 'not met'}** "
+            f"({m['vs_off'][name]['p50_difference_ms']:+.3f} ms)"
+            for label, m in (("back to back", bb), ("paced", pc))
+        ]
+        lines.append(f"- {name}: {', '.join(verdicts)}")
+    lines.append("")
     path.write_text("\n".join(lines))
 
 

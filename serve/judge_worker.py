@@ -30,6 +30,7 @@ import pickle
 import queue
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -215,6 +216,7 @@ class WorkerConfig:
         replica: the server's replica name, written on those rows.
         reference: the pairwise reference model, or None.
         concurrency: jobs graded at once.
+        commit_s: how long the worker gathers feedback rows before it commits them together.
         nice: the worker's niceness increment (19: the lowest CPU priority).
         log_level: the worker's logging level.
     """
@@ -224,11 +226,52 @@ class WorkerConfig:
     replica: str
     reference: ReferenceSpec | None = None
     concurrency: int = 16
+    commit_s: float = 0.2
     nice: int = 19
     log_level: str = "WARNING"
 
 
 # ------------------------------------------------------------------------------- inside the worker process
+
+
+class FeedbackBursts:
+    """The worker's feedback rows, handed to its :class:`~router_rl.serve.decision_log.DecisionLog` together
+    every ``interval_s`` seconds, so one commit takes many: on sqlite the log has one write lock, and the
+    server's decision commits then seldom wait for the worker's (which, at the lowest CPU priority, may hold
+    it longer than the server would). :meth:`add_feedback` is the log's, its future resolving once the row is
+    committed."""
+
+    def __init__(self, decision_log: Any, interval_s: float) -> None:
+        self.decision_log = decision_log
+        self.interval_s = float(interval_s)
+        self._pending: list[tuple[tuple, dict[str, Any], Future]] = []
+
+    def add_feedback(self, decision_id: str, quality: float, **kwargs: Any) -> Future:
+        future: Future = Future()
+        self._pending.append(((decision_id, quality), kwargs, future))
+        return future
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for args, kwargs, future in pending:
+            try:
+                stored = self.decision_log.add_feedback(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - a bad row fails its own grade only
+                future.set_exception(err)
+                continue
+            stored.add_done_callback(lambda done, future=future: _settle(future, done))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.flush()
+
+
+def _settle(future: Future, done: Future) -> None:
+    if done.exception() is not None:
+        future.set_exception(done.exception())
+    else:
+        future.set_result(done.result())
 
 
 def run_worker(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> None:
@@ -274,7 +317,9 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
         async def reference(payload: dict[str, Any]) -> tuple[str, float]:
             return await reference_answer(client, spec, payload)
 
-    grader = Grader(config.judge_factory, decision_log, reference)
+    bursts = FeedbackBursts(decision_log, config.commit_s)
+    flusher = asyncio.create_task(bursts.run())
+    grader = Grader(config.judge_factory, bursts, reference)
     slots = asyncio.Semaphore(config.concurrency)
     running: set[asyncio.Task] = set()
     parent = os.getppid()
@@ -295,6 +340,8 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
         if running:
             await asyncio.wait(running)
     finally:
+        flusher.cancel()
+        bursts.flush()
         await grader.aclose()
         if client is not None:
             await client.close()

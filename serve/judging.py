@@ -283,6 +283,9 @@ class JudgeSampler:
         if worker is not None:
             if worker.submit(job):
                 return
+            if worker.stopping:  # the server is stopping: too late to grade
+                self.skipped.labels(reason="lost").inc()
+                return
             if not worker.exited:  # alive and full: drop, never wait
                 self.skipped.labels(reason="queue_full").inc()
                 return

@@ -69,6 +69,8 @@ def test_answers_are_compared_with_the_reference_model(tmp_path: Path, stub: Ope
         wait_for(http, "router_rl_judge_grades/ok", 5)
         assert pairwise_metrics(http)["router_rl_judge_pairwise/ok"] == 4
         app.state.service.decision_log.flush()
+    judging = app.state.judging  # the reference answers and the comparisons came from the judge worker
+    assert set(judging.graded_by) == {judging.worker.pid} and judging.graded_by[judging.worker.pid] == 5 + 4
     log = tmp_path / "log.sqlite"
     pairwise = read_logged_bandit_data(log, feedback_source="pairwise", require_feedback=True)
     assert sorted(pairwise.decision_id) == sorted(ids)

@@ -28,6 +28,7 @@ def test_streamed_answers_are_graded(tmp_path: Path, stub: OpenAIStub) -> None: 
                 bodies.append(r.read().decode())
         wait_for(http, "router_rl_judge_grades/ok", 3)
         app.state.service.decision_log.flush()
+    assert dict(app.state.judging.graded_by) == {app.state.judging.worker.pid: 3}  # graded by the worker
     for body in bodies:  # the client's stream is whole: every chunk, then [DONE]
         assert body.rstrip().endswith("data: [DONE]")
     judged = [r["json"] for r in stub.requests if r["json"]["model"] == "judge"]
