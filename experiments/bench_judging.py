@@ -94,28 +94,44 @@ def measure(url: str, n: int, texts: list[str], gap_ms: float = 0.0) -> list[flo
     return asyncio.run(paced())
 
 
-def judge_accounted(url: str) -> int:
-    """Answers the server's judge has dealt with: graded (any outcome) or skipped (any reason)."""
+def judge_counts(url: str) -> dict[str, float]:
+    """The server's judge metrics: ``accounted`` (answers graded, any outcome, or skipped, any reason),
+    ``queue_full`` (dropped for a full worker queue) and ``queued`` (handed to the worker, not graded yet)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return int(
-        sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            if family.name in ("router_rl_judge_grades", "router_rl_judge_skipped")
-            for s in family.samples
-            if s.name.endswith("_total")
-        )
-    )
+    out = {"accounted": 0.0, "queue_full": 0.0, "queued": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if family.name in ("router_rl_judge_grades", "router_rl_judge_skipped") and sample.name.endswith(
+                "_total"
+            ):
+                out["accounted"] += sample.value
+                if sample.labels.get("reason") == "queue_full":
+                    out["queue_full"] += sample.value
+            elif family.name == "router_rl_judge_queued":
+                out["queued"] = sample.value
+    return out
+
+
+def judge_accounted(url: str) -> int:
+    return int(judge_counts(url)["accounted"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (its own threads; Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_judging(url: str, sent: int, timeout_s: float = 120.0) -> int:
     deadline = time.monotonic() + timeout_s
     got = judge_accounted(url)
     while got < sent and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.2)  # each scrape costs the server CPU
         got = judge_accounted(url)
     return got
 
@@ -185,6 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         judged = [name for name in variants if name != "off"]
         lat = {m: {name: [] for name in variants} for m in modes}
         round_p50 = {m: {name: [] for name in variants} for m in modes}
+        backlog = {m: {name: [] for name in judged} for m in modes}  # worker jobs left as the batch ended
+        # the serving process's own CPU seconds: during the requests, and until the round's grades were in
+        cpu_batch = {m: dict.fromkeys(variants, 0.0) for m in modes}
+        cpu = {m: dict.fromkeys(variants, 0.0) for m in modes}
         with contextlib.ExitStack() as stack:
             servers = {}
             for i, (name, args) in enumerate(variants.items()):
@@ -201,18 +221,28 @@ def main(argv: list[str] | None = None) -> dict:
                     n = opts.requests if gap <= 0 else opts.paced_requests
                     order = names[r % len(names) :] + names[: r % len(names)]  # who goes first rotates
                     for name in order:
+                        cpu0 = cpu_seconds(servers[name].proc.pid)
                         got = measure(servers[name].url, n, texts, gap)
                         lat[mode][name] += got
                         round_p50[mode][name].append(float(np.median(got)) * 1e3)
+                        cpu_batch[mode][name] += cpu_seconds(servers[name].proc.pid) - cpu0
+                        queued = judge_counts(servers[name].url)["queued"]  # every server: the same scrape
                         if name != "off":
+                            backlog[mode][name].append(queued)
                             sent[name] += n
                             wait_for_judging(servers[name].url, sent[name])
+                        cpu[mode][name] += cpu_seconds(servers[name].proc.pid) - cpu0
                     print(
                         f"round {r} {mode}: p50 "
                         + ", ".join(f"{name} {round_p50[mode][name][-1]:.3f} ms" for name in names),
                         flush=True,
                     )
+            worker_cpu = {}
+            for name in judged:
+                pid = (httpx_json(f"{servers[name].url}/healthz").get("judge") or {}).get("worker_pid")
+                worker_cpu[name] = cpu_seconds(pid) if pid else None
             grades = {name: servers[name].judged_count() for name in judged}
+            dropped = {name: judge_counts(servers[name].url)["queue_full"] for name in judged}
             health = {name: httpx_json(f"{servers[name].url}/healthz").get("judge") for name in judged}
         judge_calls = stub.judged
     result = {
@@ -221,12 +251,19 @@ def main(argv: list[str] | None = None) -> dict:
         "config": vars(opts),
         "servers": {name: " ".join(args) for name, args in variants.items()},
         "grades_stored": grades,
+        "dropped_queue_full": dropped,
+        "worker_cpu_s": worker_cpu,
         "judge_calls": judge_calls,
         "judge": health,
         "target": "judging adds <= 0.5 ms to the p50",
     }
     for mode in modes:
         stats = {name: latency_stats(lat[mode][name], round_p50[mode][name]) for name in variants}
+        for name in variants:
+            stats[name]["server_cpu_ms_per_request_during_batch"] = (
+                1e3 * cpu_batch[mode][name] / max(1, stats[name]["n"])
+            )
+            stats[name]["server_cpu_ms_per_request"] = 1e3 * cpu[mode][name] / max(1, stats[name]["n"])
         off = stats["off"]
         versus = {}
         for name in judged:
@@ -244,6 +281,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "q75": float(np.percentile(paired, 75)),
                 },
                 "met": bool(d50 <= 0.5),
+                "worker_backlog_at_batch_end": {
+                    "median": float(np.median(backlog[mode][name])),
+                    "max": float(np.max(backlog[mode][name])),
+                },
             }
         result[mode] = {"gap_ms": modes[mode], "servers": stats, "vs_off": versus}
     result["minutes"] = (time.perf_counter() - t_start) / 60
@@ -281,25 +322,44 @@ def write_md(r: dict, path: Path) -> None:
         f"the feedback commit in a background task on the server's own event loop. {cfg['rounds']} rounds; "
         "grades stored: "
         + ", ".join(f"{name} {n}" for name, n in r["grades_stored"].items())
-        + f" ({r['judge_calls']} judge calls). Two loads: back to back ({cfg['requests']} requests per server "
+        + f" ({r['judge_calls']} judge calls; dropped for a full worker queue: "
+        + ", ".join(
+            f"{name} {n:g}" for name, n in r["dropped_queue_full"].items() if name.startswith("worker")
+        )
+        + "). The worker backlog is the answers handed to the worker and not graded yet when a round's requests "
+        "to that server ended (then the round waits for them). The serving process's CPU (its own threads, "
+        "from `/proc`, 10 ms ticks) per request: during the requests, and until the round's grades were in "
+        "(which adds the benchmark's `/metrics` polls of a judged server; the worker's CPU is its own: "
+        + ", ".join(
+            f"{name} {v:.1f} s"
+            for name, v in r["worker_cpu_s"].items()
+            if v is not None and name.startswith("worker")
+        )
+        + " in all) is what grading takes from the serving process whatever the machine's other load. Two loads: back to back ({cfg['requests']} requests per server "
         "per round, the next request sent as soon as the answer arrives, so it meets the grading of the answer "
         f"before it) and paced ({cfg['paced_requests']} requests per round, {pc['gap_ms']:g} ms idle after each "
         "answer, so the grading is done before the next request: what judging adds to the request path itself).",
         "",
         "| load | server | p50 (ms) | p50 on - off (ms) | p50 on / off | p99 (ms) | p99 on / off "
-        "| per-round p50 difference, median [IQR] (ms) |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| per-round p50 difference, median [IQR] (ms) | serving process CPU per request, during the requests "
+        "/ until graded (ms) | worker backlog at batch end, median / max |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for label, m in (("back to back", bb), ("paced", pc)):
         off = m["servers"]["off"]
-        lines.append(f"| {label} | off | {off['p50_ms']:.3f} | | | {off['p99_ms']:.3f} | | |")
+        lines.append(
+            f"| {label} | off | {off['p50_ms']:.3f} | | | {off['p99_ms']:.3f} | | | "
+            f"{off['server_cpu_ms_per_request_during_batch']:.2f} / {off['server_cpu_ms_per_request']:.2f} | |"
+        )
         for name in judged:
             s, v = m["servers"][name], m["vs_off"][name]
-            rp = v["round_p50_difference_ms"]
+            rp, bl = v["round_p50_difference_ms"], v["worker_backlog_at_batch_end"]
+            backlog = f"{bl['median']:g} / {bl['max']:g}" if name.startswith("worker") else ""
             lines.append(
                 f"| {label} | {name} | {s['p50_ms']:.3f} | {v['p50_difference_ms']:+.3f} | {v['p50_ratio']:.3f} | "
                 f"{s['p99_ms']:.3f} | {v['p99_ratio']:.3f} | {rp['median']:+.3f} [{rp['q25']:+.3f}, "
-                f"{rp['q75']:+.3f}] |"
+                f"{rp['q75']:+.3f}] | {s['server_cpu_ms_per_request_during_batch']:.2f} / "
+                f"{s['server_cpu_ms_per_request']:.2f} | {backlog} |"
             )
     lines += ["", f"Target: {r['target']}:"]
     for name in judged:

@@ -9,9 +9,9 @@ answer as a :class:`Job` through a bounded queue: ``put_nowait``, so a full queu
 requests get the CPU first; on its own event loop it grades up to ``concurrency`` jobs at once with
 :class:`Grader` (the same code the server runs when it grades in-process), opens its own
 :class:`~router_rl.serve.decision_log.DecisionLog` on the server's log (sqlite in WAL mode or PostgreSQL: both
-take writers from several processes) under the server's replica name, and sends back one small
-:class:`Result` per grade (outcome, dollars spent, its pid), which the server folds into its judge metrics and
-hourly judge budget.
+take writers from several processes) under the server's replica name, committing them in bursts, and sends
+back a small :class:`Result` per grade (outcome, dollars spent, its pid), gathered into one message every
+:data:`POLL_S`, which the server folds into its judge metrics and hourly judge budget.
 
 A worker that dies (killed, crashed) is noticed by the thread that reads its results: the jobs it held are
 counted as lost and the server restarts it or, past its restart limit, grades on its own event loop. At
@@ -319,6 +319,16 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
 
     bursts = FeedbackBursts(decision_log, config.commit_s)
     flusher = asyncio.create_task(bursts.run())
+    outbox: list[Result] = []  # sent together every POLL_S: the server wakes once for many grades
+
+    async def send_results() -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            if outbox:
+                results.put(outbox[:])
+                outbox.clear()
+
+    sender = asyncio.create_task(send_results())
     grader = Grader(config.judge_factory, bursts, reference)
     slots = asyncio.Semaphore(config.concurrency)
     running: set[asyncio.Task] = set()
@@ -334,7 +344,7 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
             job = await loop.run_in_executor(None, _next_job, jobs, stop, parent)
             if job is None:
                 break
-            task = asyncio.create_task(grader.grade(job, results.put))
+            task = asyncio.create_task(grader.grade(job, outbox.append))
             running.add(task)
             task.add_done_callback(finished)
         if running:
@@ -343,6 +353,9 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
         flusher.cancel()
         bursts.flush()
         await grader.aclose()
+        sender.cancel()
+        if outbox:
+            results.put(outbox[:])
         if client is not None:
             await client.close()
         await loop.run_in_executor(None, decision_log.close)
@@ -357,7 +370,7 @@ class JudgeWorker:
     Args:
         config: what the process runs with.
         queue_size: jobs allowed to wait; :meth:`submit` refuses one more.
-        on_result: called with each :class:`Result` (from the reader thread).
+        on_result: called with each list of :class:`Result` the worker sends (from the reader thread).
         on_exit: called with this worker and the number of jobs it never finished, once its process has
             ended (from the reader thread).
     """
@@ -367,7 +380,7 @@ class JudgeWorker:
         config: WorkerConfig,
         *,
         queue_size: int,
-        on_result: Callable[[Result], None],
+        on_result: Callable[[list[Result]], None],
         on_exit: Callable[[JudgeWorker, int], None],
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -422,7 +435,7 @@ class JudgeWorker:
 
         while True:
             try:
-                result = self.results.get(timeout=POLL_S)
+                batch = self.results.get(timeout=POLL_S)  # the Results the worker gathered
             except queue.Empty:
                 if wait([self.process.sentinel], timeout=0):  # ended, and every result it sent was read
                     break
@@ -430,11 +443,10 @@ class JudgeWorker:
             except (EOFError, OSError, pickle.UnpicklingError) as err:  # killed in the middle of a message
                 log.warning("judge worker results unreadable: %s", err)
                 break
-            if result.last:
-                with self._lock:
-                    self.finished += 1
+            with self._lock:
+                self.finished += sum(r.last for r in batch)
             try:
-                self.on_result(result)
+                self.on_result(batch)
             except Exception:  # noqa: BLE001 - the reader must outlive a bad callback
                 log.exception("judge result not counted")
         with self._lock:

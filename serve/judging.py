@@ -196,14 +196,18 @@ class JudgeSampler:
         self.worker = worker
         log.info("judge worker started: pid %s", worker.pid)
 
-    def _on_result(self, result: Result) -> None:  # the worker's reader thread
+    def _fold_all(self, results: list[Result]) -> None:
+        for result in results:
+            self._fold(result)
+
+    def _on_result(self, results: list[Result]) -> None:  # the worker's reader thread
         loop = self._loop
         try:
             if loop is None:
                 raise RuntimeError("no event loop")
-            loop.call_soon_threadsafe(self._fold, result)
+            loop.call_soon_threadsafe(self._fold_all, results)
         except RuntimeError:  # the loop is closed: nothing else runs on it now
-            self._fold(result)
+            self._fold_all(results)
 
     def _on_exit(self, worker: JudgeWorker, lost: int) -> None:  # the worker's reader thread
         if lost:
