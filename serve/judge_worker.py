@@ -37,6 +37,9 @@ from typing import Any, NamedTuple
 log = logging.getLogger("router_rl.serve")
 
 POLL_S = 0.1  # how often the worker checks its stop event and its parent, and the server its worker
+FLUSH_S = (
+    0.05  # the server hands jobs over together every FLUSH_S: one wake-up of its queue's thread for many
+)
 
 
 class Job(NamedTuple):
@@ -290,8 +293,9 @@ def run_worker(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> None
         results.join_thread()  # every result sent before the process ends
 
 
-def _next_job(jobs: Any, stop: Any, parent: int) -> Job | None:
-    """The next job, or None once stopping with nothing queued, or when the server is gone."""
+def _next_jobs(jobs: Any, stop: Any, parent: int) -> list[Job] | None:
+    """The next jobs the server handed over together, or None once stopping with nothing queued, or when the
+    server is gone."""
     while True:
         try:
             return jobs.get(timeout=POLL_S)  # None: the server's stop, after the jobs queued before it
@@ -340,13 +344,14 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
 
     try:
         while True:
-            await slots.acquire()  # a job is taken off the queue only when it can be graded now
-            job = await loop.run_in_executor(None, _next_job, jobs, stop, parent)
-            if job is None:
+            batch = await loop.run_in_executor(None, _next_jobs, jobs, stop, parent)
+            if batch is None:
                 break
-            task = asyncio.create_task(grader.grade(job, outbox.append))
-            running.add(task)
-            task.add_done_callback(finished)
+            for job in batch:
+                await slots.acquire()
+                task = asyncio.create_task(grader.grade(job, outbox.append))
+                running.add(task)
+                task.add_done_callback(finished)
         if running:
             await asyncio.wait(running)
     finally:
@@ -365,11 +370,13 @@ async def _work(config: WorkerConfig, jobs: Any, results: Any, stop: Any) -> Non
 
 
 class JudgeWorker:
-    """One judge worker process, its bounded job queue, and the thread that reads its results.
+    """One judge worker process, the queue its jobs go through, and the thread that reads its results.
 
     Args:
         config: what the process runs with.
-        queue_size: jobs allowed to wait; :meth:`submit` refuses one more.
+        loop: the server's event loop (:meth:`submit` and :meth:`flush` run on it).
+        queue_size: jobs handed over and not finished (waiting, or being graded) at most; :meth:`submit`
+            refuses one more.
         on_result: called with each list of :class:`Result` the worker sends (from the reader thread).
         on_exit: called with this worker and the number of jobs it never finished, once its process has
             ended (from the reader thread).
@@ -379,12 +386,13 @@ class JudgeWorker:
         self,
         config: WorkerConfig,
         *,
+        loop: asyncio.AbstractEventLoop,
         queue_size: int,
         on_result: Callable[[list[Result]], None],
         on_exit: Callable[[JudgeWorker, int], None],
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.jobs = ctx.Queue(queue_size)
+        self.jobs = ctx.Queue()  # of lists of jobs; bounded in jobs by queue_size
         self.jobs.cancel_join_thread()  # jobs a dead worker left never hold the server's exit
         self.results = ctx.Queue()
         self.stop_event = ctx.Event()
@@ -394,8 +402,12 @@ class JudgeWorker:
             name="router-rl-judge-worker",
             daemon=True,
         )
+        self.loop = loop
+        self.queue_size = int(queue_size)
         self.on_result = on_result
         self.on_exit = on_exit
+        self._pending: list[Job] = []
+        self._flush: asyncio.TimerHandle | None = None
         self.submitted = 0
         self.finished = 0
         self.exited = False
@@ -419,16 +431,26 @@ class JudgeWorker:
         return self.submitted - self.finished
 
     def submit(self, job: Job) -> bool:
-        """Hand ``job`` over without waiting; False when the queue is full or the worker has ended."""
+        """Hand ``job`` over without waiting (it leaves with the others of the next :data:`FLUSH_S`); False
+        when ``queue_size`` jobs are handed over and not finished, or the worker has ended."""
         with self._lock:
-            if self.exited or self.stopping:
-                return False
-            try:
-                self.jobs.put_nowait(job)
-            except queue.Full:
+            if self.exited or self.stopping or self.submitted - self.finished >= self.queue_size:
                 return False
             self.submitted += 1
+        self._pending.append(job)
+        if self._flush is None:
+            self._flush = self.loop.call_later(FLUSH_S, self.flush)
         return True
+
+    def flush(self) -> None:
+        """Put the jobs submitted since the last flush on the queue, as one message."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        batch, self._pending = self._pending, []
+        with self._lock:
+            if batch and not self.exited:  # else lost with the worker (counted: submitted, not finished)
+                self.jobs.put_nowait(batch)
 
     def _read(self) -> None:
         from multiprocessing.connection import wait
@@ -460,7 +482,7 @@ class JudgeWorker:
 
     def stop(self, timeout_s: float) -> None:
         """Let the worker finish the jobs queued for up to ``timeout_s`` seconds, then terminate it (blocks:
-        run it off the event loop)."""
+        run it off the event loop, after a last :meth:`flush` on it)."""
         with self._lock:
             self.stopping = True
         if self.process.pid is None:  # never started

@@ -65,7 +65,8 @@ class JudgeSampler:
         reference_model: the model whose answers are the pairwise reference.
         reference: ``async (payload) -> (text, cost_usd)``: the reference model's answer to a chat payload.
         worker: the judge worker's configuration (None: grade on this event loop).
-        queue_size: answers allowed to wait for the worker; past it they are dropped and counted.
+        queue_size: answers handed to the worker and not graded yet at most; past it they are dropped and
+            counted.
         drain_s: at :meth:`aclose`, how long the worker may finish what is queued.
         max_restarts: workers started again after one died; then grading falls back to this event loop.
     """
@@ -184,8 +185,13 @@ class JudgeSampler:
 
     def _start_worker(self) -> None:
         assert self.worker_config is not None
+        assert self._loop is not None
         worker = JudgeWorker(
-            self.worker_config, queue_size=self.queue_size, on_result=self._on_result, on_exit=self._on_exit
+            self.worker_config,
+            loop=self._loop,
+            queue_size=self.queue_size,
+            on_result=self._on_result,
+            on_exit=self._on_exit,
         )
         try:
             worker.start()
@@ -310,6 +316,7 @@ class JudgeSampler:
         with self._restart_lock:
             worker = self.worker
         if worker is not None:
+            worker.flush()
             await asyncio.get_running_loop().run_in_executor(None, worker.stop, self.drain_s)
         with contextlib.suppress(Exception):
             await self.grader.aclose()

@@ -139,7 +139,9 @@ class ServeSettings:
         "on the server's event loop",
     )
     judge_queue_size: int = opt(
-        1000, "answers waiting for the judge worker; one more is dropped and counted (queue_full)"
+        1000,
+        "answers handed to the judge worker and not graded yet (waiting or being graded); one more is dropped "
+        "and counted (queue_full)",
     )
     judge_concurrency: int = opt(16, "judge calls in flight at once in the judge worker")
     judge_drain_s: float = opt(
