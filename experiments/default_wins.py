@@ -67,6 +67,7 @@ VARIANTS = [
 ]
 ZOO = [
     "default",
+    "lowrank_warm",
     "linucb",
     "lin_ts",
     "lin_ts_warm",

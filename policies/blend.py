@@ -8,7 +8,14 @@ latency) of every model is the fixed convex blend
     f_k(x) = (1 - beta) * theta_k^T [x, 1] + beta * g_k(x)
 
 of the low-rank LinUCB head theta_k and a one-network MLP g (:class:`router_rl.policies.mlp.MLPRouter`) fitted
-once, at the warm start, on the same full-information rows. Bandit feedback then moves the linear heads as in
+once, at the warm start, on the same full-information rows. beta is a setting (0.5 by default), or (``mlp_weight: auto``)
+chosen at the warm start by stacking: both parts are refitted on ``stack_folds`` folds of the
+warm-start rows, and beta is the grid value (0, 0.1, ..., 1) whose blend of their out-of-fold predictions
+routes the held-out rows best (Breiman, 1996, "Stacked regressions", with one weight constrained to [0, 1]
+and the routing objective as the loss): ``stack_by: aiq`` (default) takes the blend's greedy choice on every
+out-of-fold row at each cost weight of a 0 and 10^-3..10^3 sweep, and scores the sweep's (mean cost, mean
+quality) points by their AIQ on the rows' recorded outcomes (:func:`router_rl.metrics.aiq`); ``stack_by:
+mse`` takes the least squared error of the blended quality predictions instead. Bandit feedback then moves the linear heads as in
 :class:`~router_rl.policies.lowrank.LowRankLinUCB` (Woodbury updates, periodic refits of the shared prior);
 the network stays as fitted, so learning online stays a bounded, inspectable linear update. Exploration is the
 LinUCB bonus of the linear heads, scaled by their share: alpha (1 - beta) sqrt(x^T A_k^{-1} x).
@@ -31,6 +38,9 @@ from router_rl.policies import torch_mlp as tm
 from router_rl.policies.lowrank import LowRankLinUCB
 from router_rl.policies.mlp import MLPRouter
 
+STACK_BY = ("aiq", "mse")
+STACK_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
+STACK_SWEEP = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 41)])  # cost weights on normalised cost
 MLP_DEFAULTS: dict[str, Any] = {
     "hidden": [128],
     "epochs": 30,
@@ -40,13 +50,33 @@ MLP_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _routing_aiq(est: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> float:
+    """AIQ of the greedy choices of estimates ``est`` (2, N, K: quality, cost) over :data:`STACK_SWEEP`, on
+    the rows whose every outcome is recorded (``quality``, ``cost`` (N, K), cost normalised)."""
+    from router_rl.metrics import aiq
+
+    rows = np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
+    q, c, eq, ec = quality[rows], cost[rows], est[0][rows], est[1][rows]
+    if len(q) == 0:
+        return 0.0
+    points = []
+    for w in STACK_SWEEP:
+        pick = np.argmax(eq - w * ec, axis=1)
+        points.append((c[np.arange(len(q)), pick].mean(), q[np.arange(len(q)), pick].mean()))
+    pc, pq = np.array(points).T
+    return aiq(pc, pq, max_cost=float(max(pc.max(), c.mean(axis=0).max())))
+
+
 class BlendLinUCB(LowRankLinUCB):
     """Low-rank LinUCB heads blended with an MLP fitted at the warm start.
 
     Args:
         models, dim, alpha, ridge, bias_ridge, rank, refit_every, prior_iters, threads: as
             :class:`~router_rl.policies.lowrank.LowRankLinUCB`.
-        mlp_weight: beta, the network's share of every estimate (0 = plain low-rank LinUCB, 1 = the MLP).
+        mlp_weight: beta, the network's share of every estimate (0 = plain low-rank LinUCB, 1 = the MLP), or
+            ``"auto"``: chosen at the warm start by out-of-fold stacking (see the module docstring).
+        stack_folds: folds of the warm-start rows for ``mlp_weight: auto`` (>= 2).
+        stack_by: ``aiq`` or ``mse``, what ``mlp_weight: auto`` optimises (see the module docstring).
         mlp: the network's settings (``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``; see
             :class:`~router_rl.policies.mlp.MLPRouter`).
         device: where the network trains (``auto``: cuda when available).
@@ -66,7 +96,9 @@ class BlendLinUCB(LowRankLinUCB):
         refit_every: int = 1000,
         prior_iters: int = 20,
         threads: int = 1,
-        mlp_weight: float = 0.5,
+        mlp_weight: float | str = 0.5,
+        stack_folds: int = 3,
+        stack_by: str = "aiq",
         mlp: dict[str, Any] | None = None,
         device: str = "auto",
         seed: int = 0,
@@ -82,14 +114,25 @@ class BlendLinUCB(LowRankLinUCB):
             prior_iters=prior_iters,
             threads=threads,
         )
-        if not 0.0 <= float(mlp_weight) <= 1.0:
-            raise ValueError(f"{self.name}: mlp_weight must lie in [0, 1], got {mlp_weight}")
+        self.auto_weight = isinstance(mlp_weight, str)
+        if self.auto_weight and mlp_weight != "auto":
+            raise ValueError(
+                f"{self.name}: mlp_weight must be a number in [0, 1] or 'auto', got {mlp_weight!r}"
+            )
+        if not self.auto_weight and not 0.0 <= float(mlp_weight) <= 1.0:
+            raise ValueError(f"{self.name}: mlp_weight must lie in [0, 1] or be 'auto', got {mlp_weight}")
+        if stack_by not in STACK_BY:
+            raise ValueError(f"{self.name}: stack_by must be one of {STACK_BY}, got {stack_by!r}")
+        if int(stack_folds) < 2:
+            raise ValueError(f"{self.name}: stack_folds must be >= 2, got {stack_folds}")
         unknown = sorted(set(mlp or {}) - set(MLP_DEFAULTS))
         if unknown:
             raise ValueError(
                 f"{self.name}: unknown mlp setting(s) {unknown}; expected some of {sorted(MLP_DEFAULTS)}"
             )
-        self.mlp_weight = float(mlp_weight)
+        self.mlp_weight = 0.5 if self.auto_weight else float(mlp_weight)  # auto: set by the warm start
+        self.stack_folds, self.stack_by = int(stack_folds), str(stack_by)
+        self.stacking: dict[str, Any] | None = None  # auto: the grid and its out-of-fold errors
         self.mlp_config = {**MLP_DEFAULTS, **dict(mlp or {})}
         self.mlp_config["hidden"] = [int(h) for h in self.mlp_config["hidden"]]
         self.device_name, self.seed = str(device), int(seed)
@@ -141,10 +184,47 @@ class BlendLinUCB(LowRankLinUCB):
     def warm_start(self, x, quality, cost, latency, weight: float = 1.0) -> None:
         """The low-rank heads' warm start, and the network fitted on the same rows (full information)."""
         super().warm_start(x, quality, cost, latency, weight=weight)
+        if self.auto_weight:
+            self.mlp_weight = self._stacked_weight(x, quality, cost, latency, weight)
         if self.mlp_weight > 0:
             self.net = self._new_net().fit(x, quality, cost, latency)
             self.net._clear_buffer()  # the network is not retrained online: keep no buffer
             self.fitted = True
+
+    def _stacked_weight(self, x, quality, cost, latency, weight: float) -> float:
+        """beta minimising the out-of-fold squared error of the blended quality predictions (see the module)."""
+        x, quality = np.asarray(x), np.asarray(quality, dtype=np.float64)
+        n = len(x)
+        folds = np.random.default_rng([self.seed, 11]).permutation(n) % self.stack_folds
+        if n < 2 * self.stack_folds:  # too few rows to hold any out: an even blend
+            self.stacking = {"grid": None, "oof_mse": None, "rows": n}
+            return 0.5
+        cost = np.asarray(cost, dtype=np.float64)
+        linear_oof = np.full((2, *quality.shape), np.nan)  # quality and cost estimates
+        net_oof = np.full((2, *quality.shape), np.nan)
+        for f in range(self.stack_folds):
+            fit, held = folds != f, folds == f
+            part = LowRankLinUCB(
+                list(self.models),
+                self.dim,
+                ridge=self.ridge,
+                bias_ridge=self.bias_ridge,
+                rank=self.rank,
+                refit_every=self.refit_every,
+                prior_iters=self.prior_iters,
+            )
+            part.warm_start(x[fit], quality[fit], cost[fit], latency[fit], weight=weight)
+            linear_oof[:, held] = part.estimates(x[held])[:2]
+            net = self._new_net().fit(x[fit], quality[fit], cost[fit], latency[fit])
+            net_oof[:, held] = net.estimates(x[held])[:2]
+        blends = [(1 - b) * linear_oof + b * net_oof for b in STACK_GRID]
+        if self.stack_by == "mse":
+            seen = np.isfinite(quality)
+            scores = [-float(np.mean((est[0] - quality)[seen] ** 2)) for est in blends]
+        else:
+            scores = [_routing_aiq(est, quality, cost) for est in blends]
+        self.stacking = {"by": self.stack_by, "grid": STACK_GRID.tolist(), "scores": scores, "rows": n}
+        return float(STACK_GRID[int(np.argmax(scores))])
 
     # ------------------------------------------------------------------------------------ the catalog
     def add_model(self, name: str) -> None:
@@ -163,6 +243,7 @@ class BlendLinUCB(LowRankLinUCB):
             **super().state_dict(),
             **{f"mlp.{k}": v for k, v in net.items() if not k.startswith("buffer_")},
             "mlp_fitted": np.array([int(self.fitted)], dtype=np.int64),
+            "mlp_weight": np.array([self.mlp_weight]),
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -174,11 +255,15 @@ class BlendLinUCB(LowRankLinUCB):
         net_state.setdefault("buffer_count", np.zeros((0, k)))
         self.net.load_state_dict(net_state)
         self.fitted = bool(int(np.asarray(state.get("mlp_fitted", [0]))[0]))
+        if "mlp_weight" in state:
+            self.mlp_weight = float(np.asarray(state["mlp_weight"])[0])
 
     def config(self) -> dict[str, Any]:
         return {
             **super().config(),
-            "mlp_weight": self.mlp_weight,
+            "mlp_weight": "auto" if self.auto_weight else self.mlp_weight,
+            "stack_folds": self.stack_folds,
+            "stack_by": self.stack_by,
             "mlp": dict(self.mlp_config),
             "device": self.device_name,
             "seed": self.seed,

@@ -121,6 +121,8 @@ def test_state_round_trip_and_catalog_changes() -> None:
 def test_bad_settings_are_named() -> None:
     with pytest.raises(ValueError, match="mlp_weight"):
         BlendLinUCB(list(MODELS), DIM, mlp_weight=1.5)
+    with pytest.raises(ValueError, match="auto"):
+        BlendLinUCB(list(MODELS), DIM, mlp_weight="best")
     with pytest.raises(ValueError, match="unknown mlp setting"):
         BlendLinUCB(list(MODELS), DIM, mlp={"layers": 2})
 
@@ -230,3 +232,21 @@ def test_learn_continues_the_linear_heads_and_keeps_the_network(tmp_path: Path) 
     moved = linear_estimates(cand, x)[0] - linear_estimates(art, x)[0]
     assert moved[:, 2].mean() > 0.02 and moved[:, 0].mean() < -0.02  # small learned up, big down
     assert result.ope["n_evaluated"] == 120
+
+
+def test_auto_weight_follows_the_out_of_fold_error() -> None:
+    x, q, c, lat = tables(1000)
+    nonlinear = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", mlp={"epochs": 60}, device="cpu")
+    nonlinear.warm_start(x, q, c, lat)
+    assert nonlinear.mlp_weight >= 0.7  # the network sees |x_0|, the linear heads cannot
+    scores = nonlinear.stacking["scores"]
+    assert nonlinear.mlp_weight == nonlinear.stacking["grid"][int(np.argmax(scores))]
+    rng = np.random.default_rng(7)
+    linear_q = np.clip(0.5 + x[:, :3] * 2 + 0.05 * rng.standard_normal((len(x), 3)), 0, 1)  # a linear truth
+    few = slice(0, 150)  # few rows: the network overfits, the shrunk linear heads do not
+    linear = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", ridge=1.0, mlp={"epochs": 60}, device="cpu")
+    linear.warm_start(x[few], linear_q[few], c[few], lat[few])
+    assert linear.mlp_weight <= 0.5
+    again = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", device="cpu")
+    again.load_state_dict(linear.state_dict())  # the chosen weight travels with the state
+    assert again.mlp_weight == linear.mlp_weight and again.config()["mlp_weight"] == "auto"

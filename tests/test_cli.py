@@ -14,7 +14,7 @@ def test_top_level_and_train_help(tmp_path: Path) -> None:
     proc = run_cli(["train", "--help"], cwd=tmp_path)
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
-    (i,) = [n for n, line in enumerate(lines) if line.startswith("policy=lowrank_warm ")]
+    (i,) = [n for n, line in enumerate(lines) if line.startswith("policy=blend ")]
     policies = " ".join(lines[i + 1 : i + 4]).split("options:", 1)[1].split("embedder=")[0]
     assert {"linucb", "random", "zero_router", "routellm_mf"} <= set(policies.replace(",", " ").split())
     assert "options: arena, custom, routellm" in proc.stdout
@@ -84,8 +84,8 @@ def test_train_help_shows_each_key_with_its_documentation() -> None:
     steps = next(line for line in lines if line.strip().startswith("steps: 10000"))
     assert steps.endswith("# bandit interactions (decisions with feedback) per training run")
     assert any(line.startswith("seed: 0") and "# seeds the splits" in line for line in lines)
-    (policy,) = [i for i, line in enumerate(lines) if line.startswith("policy=lowrank_warm")]
-    assert "the learner" in lines[policy] and "options: eps_greedy, knn," in lines[policy + 1]
+    (policy,) = [i for i, line in enumerate(lines) if line.startswith("policy=blend")]
+    assert "the learner" in lines[policy] and "options: blend, eps_greedy, knn," in lines[policy + 1]
     # the chosen option's own keys and comments: kNN's, and a global experiment file's overrides
     knn = render_help("train", ["policy=knn"])
     assert "policy=knn" in knn and "_target_: router_rl.policies.knn.KNNRouter" in knn

@@ -21,7 +21,7 @@ def test_train_writes_report_plot_artifact_and_logs_to_mlflow(debug_run: dict) -
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"] == "arena" and report["scheme"] == "kfold-2"
     assert report["n_prompts"] == 60
-    assert set(report["policies"]) == {"lowrank_warm", "random", "zero_router"}
+    assert set(report["policies"]) == {"blend", "random", "zero_router"}
     assert len(report["models"]) == 16
     for name, entry in report["policies"].items():
         assert len(entry["points"]) == 4, name
@@ -47,9 +47,7 @@ def test_train_writes_report_plot_artifact_and_logs_to_mlflow(debug_run: dict) -
     run = runs[0]
     assert run.info.run_id == report["run_id"]
     assert run.data.params["policy.alpha"] == "1.0" and run.data.params["train.steps"] == "800"
-    assert run.data.metrics["eval/lowrank_warm/aiq"] == pytest.approx(
-        report["policies"]["lowrank_warm"]["aiq"]
-    )
+    assert run.data.metrics["eval/blend/aiq"] == pytest.approx(report["policies"]["blend"]["aiq"])
     assert "train/reward_mean/fold0" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "train/cumulative_regret/fold0")
     assert len(history) >= 2 and history[-1].value >= history[0].value

@@ -30,7 +30,7 @@ def test_routellm_subset_as_custom_data(tmp_path: Path, cache_dir: Path) -> None
     assert report["dataset"] == "outcomes" and len(report["models"]) == 2
     two = report["two_model"]
     assert two["q_strong"] > two["q_weak"]
-    for name in ("lowrank_warm", "random", "zero_router"):  # the default policy and the baselines
+    for name in ("blend", "random", "zero_router"):  # the default policy and the baselines
         entry = two["routers"][name]
         assert 0.0 <= entry["apgr"] <= 1.0 and 0.0 <= entry["cpt50"] <= entry["cpt80"] <= 1.0
         shares = [p["strong_share"] for p in entry["points"]]
