@@ -387,6 +387,22 @@ def judged_value(traffic: Traffic, rows: np.ndarray, action: np.ndarray, w: floa
     return float((g - w * traffic.cost_usd[rows][idx, action] / traffic.cost_scale).mean())
 
 
+def prediction_intervals(cand: dict[str, Any], n_next: int) -> dict[str, Any]:
+    """The candidate's prediction intervals (:func:`router_rl.ope.prediction_interval`) for what it realises
+    on the ``n_next`` prompts of the next window, from what learn's ope.json holds (estimate, confidence
+    interval, rows evaluated): its value, and the candidate - champion difference (the paired estimate)."""
+    from router_rl.ope import Estimate, prediction_interval
+
+    n = int(cand["n_evaluated"])
+    value = Estimate(cand["estimator"], cand["estimate"], cand["ci_low"], cand["ci_high"], n, float("nan"))
+    out: dict[str, Any] = {"n_next": int(n_next), "prediction": list(prediction_interval(value, n_next))}
+    if "difference" in cand:
+        d = cand["difference"]
+        diff = Estimate("difference", d[0], d[1], d[2], n, float("nan"))
+        out["difference_prediction"] = list(prediction_interval(diff, n_next))
+    return out
+
+
 @dataclass
 class ArmResult:
     windows: list[dict[str, Any]] = field(default_factory=list)
@@ -498,6 +514,7 @@ def run_arm(
                 cand["realised_reward"] = window_metrics(traffic, logged_rows, a_cand, w)["reward"]
                 cand["champion_realised_reward"] = window_metrics(traffic, logged_rows, a_champ, w)["reward"]
                 cand["realised_window"] = win
+                cand.update(prediction_intervals(cand, len(logged_rows)))
                 if cand["promoted"]:  # the server now serves it greedily: its logged choices are these
                     cand["served_greedy_agrees"] = float((a_cand == logged_greedy).mean())
                 cand.pop("artifact"), cand.pop("champion_artifact")
@@ -675,12 +692,20 @@ def summarise(
     spread = float(diffs_a.std(ddof=1)) if len(diffs_a) > 1 else float("nan")
     promos = [c for r in seeds.values() for c in r["loop"]["learns"] if c["promoted"] and "realised" in c]
     inside = [c["ci_low"] <= c["realised"] <= c["ci_high"] for c in promos]
+    inside_pred = [c["prediction"][0] <= c["realised"] <= c["prediction"][1] for c in promos]
     every = [c for r in seeds.values() for c in r["loop"]["learns"] if "realised" in c]
     inside_all = [c["ci_low"] <= c["realised"] <= c["ci_high"] for c in every]
+    inside_pred_all = [c["prediction"][0] <= c["realised"] <= c["prediction"][1] for c in every]
     drops = [c["realised_reward"] - c["champion_realised_reward"] for c in promos]
     paired = [c for c in every if "difference" in c]  # the paired interval of candidate - champion
     inside_diff = [
         c["difference"][1] <= c["realised"] - c["champion_realised"] <= c["difference"][2] for c in paired
+    ]
+    inside_diff_pred = [
+        c["difference_prediction"][0]
+        <= c["realised"] - c["champion_realised"]
+        <= c["difference_prediction"][1]
+        for c in paired
     ]
     reward_met = bool(diffs_a.mean() > 0 and (diffs_a > 0).all() and diffs_a.mean() > spread)
     aiq_met = bool(np.mean(aiq_d) > 0 and min(aiq_d) > 0 and np.mean(aiq_d) > np.std(aiq_d, ddof=1))
@@ -705,9 +730,12 @@ def summarise(
             "n_promotions": len(promos),
             "inside_interval": int(sum(inside)),
             "share_inside": float(np.mean(inside)) if inside else float("nan"),
+            "inside_prediction": int(sum(inside_pred)),
+            "share_inside_prediction": float(np.mean(inside_pred)) if inside_pred else float("nan"),
             "realised_minus_champion": drops,
             "worst_change": float(min(drops)) if drops else float("nan"),
             "all_learns_inside": int(sum(inside_all)),
+            "all_learns_inside_prediction": int(sum(inside_pred_all)),
             "all_learns_realised": len(every),
             "mean_abs_realised_candidate_minus_champion": float(
                 np.mean([abs(c["realised"] - c["champion_realised"]) for c in every])
@@ -715,12 +743,18 @@ def summarise(
             if every
             else float("nan"),
             "all_learns_difference_inside": int(sum(inside_diff)),
+            "all_learns_difference_inside_prediction": int(sum(inside_diff_pred)),
+            "mean_realised_difference": float(
+                np.mean([c["realised"] - c["champion_realised"] for c in every])
+            )
+            if every
+            else float("nan"),
             "all_learns_with_difference": len(paired),
             "margin": margin,
-            "met": bool(promos) and float(np.mean(inside)) >= 0.9 and min(drops) >= -abs(margin) - 1e-12,
-            "rule": "realised value inside the candidate's interval in >= 90% of promotions, and no promoted "
-            "candidate's realised reward below the replaced champion's (same next-window prompts) by more than "
-            "|margin|",
+            "met": bool(promos) and float(np.mean(inside_pred)) >= 0.9 and min(drops) >= -abs(margin) - 1e-12,
+            "rule": "realised value inside the candidate's 95% prediction interval for the next window's mean in "
+            ">= 90% of promotions, and no promoted candidate's realised reward below the replaced champion's (same "
+            "next-window prompts) by more than |margin|",
         },
         "c_budget": budget_check(seeds, budget, rate),
     }
@@ -796,6 +830,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 capsize=3,
                 alpha=1.0 if promoted else 0.35,
             )
+            if "prediction" in c:  # the prediction interval for the next window's mean, beside it
+                lo, hi = c["prediction"]
+                ax.plot([k + 0.15, k + 0.15], [lo, hi], "-", color=colors[i], lw=4, alpha=0.25)
             ax.plot(
                 k + 0.3, c["realised"], "*", color="black" if promoted else "grey", ms=10 if promoted else 7
             )
@@ -803,8 +840,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             k += 1
     ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks], fontsize=7)
     ax.set_title(
-        "every learn: candidate's DR estimate and 95% interval (o promoted, x kept champion) vs the value it "
-        "realised on the next window (*), judged units",
+        "every learn: candidate's DR estimate and 95% CI (o promoted, x kept champion), 95% prediction interval "
+        "for the next window's mean (bar), realised there (*); judged units",
         fontsize=10,
     )
     ax.set_xlabel("learn (seed s, after window w)", fontsize=9)
@@ -869,14 +906,19 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         f"{'met' if a['aiq_met'] else 'not met'}. Rule (either measure): {a['rule']}.",
         "",
         f"(b) **{'met' if b['met'] else 'not met'}**: {b['n_promotions']} promotions in {b['n_learns']} learns; "
-        f"realised value inside the candidate's 95% DR interval in {b['inside_interval']} of "
-        f"{b['n_promotions']} ({b['share_inside']:.0%}; target >= 90%); realised reward of the promoted candidate "
-        f"minus the replaced champion's on the same next-window prompts: worst {b['worst_change']:+.4f} "
-        f"(margin {b['margin']}). Over every learn (promoted or not): realised inside the interval in "
-        f"{b['all_learns_inside']} of {b['all_learns_realised']}; candidate and champion realised values differ by "
-        f"{b['mean_abs_realised_candidate_minus_champion']:.4f} on average; the realised difference inside the "
-        f"paired 95% interval of candidate - champion in {b.get('all_learns_difference_inside', 0)} of "
-        f"{b.get('all_learns_with_difference', 0)}.",
+        f"realised value inside the candidate's 95% prediction interval for the next window's mean in "
+        f"{b.get('inside_prediction', 0)} of {b['n_promotions']} ({b.get('share_inside_prediction', float('nan')):.0%}; "
+        f"target >= 90%), inside its 95% confidence interval (for the policy's value, not for a window's mean) in "
+        f"{b['inside_interval']} of {b['n_promotions']}; realised reward of the promoted candidate minus the "
+        f"replaced champion's on the same next-window prompts: worst {b['worst_change']:+.4f} (margin "
+        f"{b['margin']}). Rule: {b['rule']}. Over every learn (promoted or not): realised inside the prediction "
+        f"interval in {b.get('all_learns_inside_prediction', 0)} of {b['all_learns_realised']}, inside the "
+        f"confidence interval in {b['all_learns_inside']}; candidate and champion realised values differ by "
+        f"{b['mean_abs_realised_candidate_minus_champion']:.4f} on average (mean candidate - champion "
+        f"{b.get('mean_realised_difference', float('nan')):+.4f}); the realised difference inside the paired "
+        f"difference's 95% prediction interval in {b.get('all_learns_difference_inside_prediction', 0)} of "
+        f"{b.get('all_learns_with_difference', 0)}, inside its confidence interval in "
+        f"{b.get('all_learns_difference_inside', 0)}.",
         "",
         _budget_line(s["c_budget"]),
         "",
@@ -903,28 +945,50 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         "",
         "## Learns",
         "",
-        "Estimate and interval: DR of the candidate's greedy policy on the held-out newest 30% of the champion's "
-        "judged decisions, in judged units (rating / 10 minus the cost term). Realised: the candidate's greedy "
-        "choices on the next window's logged contexts, rewarded by the judge's expected grade.",
+        "Estimate and confidence interval (CI): DR of the candidate's greedy policy on the held-out newest "
+        f"{cfg.get('holdout', 0.3):.0%} of the champion's judged decisions, in judged units (rating / 10 minus the "
+        "cost term): an interval for the policy's value. Prediction interval (PI): for the mean it realises on the "
+        "next window's prompts, CI half-width x sqrt(1 + n_evaluated / n_next) (`router_rl.ope.prediction_interval`)"
+        ". Realised: the candidate's greedy choices on the next window's logged contexts, rewarded by the judge's "
+        "expected grade. Difference: the paired DR estimate of candidate - champion (learn's gate with "
+        "`--gate difference`), with its CI and PI, against the realised candidate - champion on the next window.",
         "",
-        "| seed | after window | learned | ESS | candidate DR [95%] | champion DR | promoted | realised | "
-        "champion realised | inside |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| seed | after window | learned | ESS | candidate DR [95% CI] | 95% PI | champion DR | promoted | realised | "
+        "champion realised | in CI | in PI | difference [95% CI] | 95% PI | realised difference | in CI | in PI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def yes(low: float, x: float, high: float) -> str:
+        return "yes" if low <= x <= high else "no"
+
     for seed, res in result["seeds"].items():
         for c in res["loop"]["learns"]:
             real = c.get("realised")
-            lines.append(
+            row = (
                 f"| {seed} | {c['after_window'] + 1} | {c['n_learned']} | {c['ess']['candidate']:.0f} | "
-                f"{c['estimate']:.4f} [{c['ci_low']:.4f}, {c['ci_high']:.4f}] | {c['champion_estimate']:.4f} | "
-                f"{'yes' if c['promoted'] else 'no'} | "
-                + (
-                    f"{real:.4f} | {c['champion_realised']:.4f} | {'yes' if c['ci_low'] <= real <= c['ci_high'] else 'no'} |"
-                    if real is not None
-                    else "- | - | - |"
-                )
+                f"{c['estimate']:.4f} [{c['ci_low']:.4f}, {c['ci_high']:.4f}] | "
+                + (f"[{c['prediction'][0]:.4f}, {c['prediction'][1]:.4f}]" if "prediction" in c else "-")
+                + f" | {c['champion_estimate']:.4f} | {'yes' if c['promoted'] else 'no'} | "
             )
-    lines += ["", "![production loop](production_loop.png)", ""]
+            if real is None:
+                row += "- | - | - | - | "
+            else:
+                row += (
+                    f"{real:.4f} | {c['champion_realised']:.4f} | {yes(c['ci_low'], real, c['ci_high'])} | "
+                    f"{yes(*c['prediction'][:1], real, c['prediction'][1])} | "
+                )
+            d = c.get("difference")
+            if d is None:
+                row += "- | - | - | - | - |"
+            else:
+                row += f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] | "
+                if real is None:
+                    row += "- | - | - | - |"
+                else:
+                    dp, rd = c["difference_prediction"], real - c["champion_realised"]
+                    row += f"[{dp[0]:+.4f}, {dp[1]:+.4f}] | {rd:+.4f} | {yes(d[1], rd, d[2])} | {yes(dp[0], rd, dp[1])} |"
+            lines.append(row)
+    lines += ["", f"![production loop]({path.with_suffix('.png').name})", ""]
     path.write_text("\n".join(lines))
 
 
@@ -1021,11 +1085,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", nargs="*", default=[], help="more Hydra overrides of the train config")
     p.add_argument("--out", default=str(RESULTS / "production_loop"), help="output prefix (.json/.md/.png)")
     p.add_argument("--workdir", default=None, help="where logs and artifacts go (default: a temp dir)")
+    p.add_argument(
+        "--rescore",
+        default=None,
+        help="a result .json: recompute its prediction intervals and summary, rewrite its .json/.md/.png",
+    )
     return p.parse_args(argv)
+
+
+def rescore(path: Path) -> dict[str, Any]:
+    """Recompute a result's prediction intervals (from the ope.json figures it holds) and its summary with
+    this script's scoring, and rewrite its .json, .md and .png."""
+    result = json.loads(path.read_text())
+    cfg = result["config"]
+    for res in result["seeds"].values():
+        for c in res["loop"]["learns"]:
+            if "realised" in c:
+                c.update(prediction_intervals(c, res["loop"]["windows"][c["realised_window"]]["n"]))
+    result["summary"] = summarise(
+        result["seeds"], cfg["margin"], cfg.get("budget_usd_per_hour", 0.0), cfg.get("rate", 0.0)
+    )
+    result["rescored"] = "prediction intervals and summary recomputed by --rescore from the run's own figures"
+    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    plot(result, path.with_suffix(".png"))
+    write_md(result, path.with_suffix(".md"))
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
+    if opts.rescore:
+        return rescore(Path(opts.rescore))
     t_start = time.perf_counter()
     from router_rl import training as T
 

@@ -15,6 +15,12 @@ SNIPS by the delta method, var ~ 1/n * mean(w^2 (r - V)^2) / mean(w)^2.
 Two policies on one log (:func:`paired_difference`): V(a) - V(b) with the interval of the per-round
 differences of their terms (SNIPS: of their influence terms w (r - V) / mean(w)), which is far narrower than
 two separate intervals when the policies agree on most rounds, as a candidate and its champion do.
+
+Which interval is which (:func:`prediction_interval`): the confidence interval is for the policy's value, the
+mean reward over the distribution the logged contexts came from. What a deployed policy then realises is a
+sample mean over the next ``m`` rounds, a different sample with its own spread var(r) / m; an interval for
+that quantity must add it: V +- z sqrt(s^2 / n + s^2 / m), with s^2 the per-round variance of the estimator's
+terms standing in for var(r) (the classic prediction interval for the mean of m new draws).
 """
 
 from __future__ import annotations
@@ -208,3 +214,22 @@ def paired_difference(
     return Estimate(
         f"{estimator}_difference", value, value - half, value + half, n, effective_sample_size(wa)
     )
+
+
+def prediction_interval(estimate: Estimate, n_next: int) -> tuple[float, float]:
+    """An interval, at the level of ``estimate``'s confidence interval, for the mean reward the policy realises
+    on ``n_next`` new rounds drawn like the logged ones (for a :func:`paired_difference`: the mean difference
+    of the two policies' rewards on those rounds).
+
+    The confidence half-width ``h = z s / sqrt(n)`` gives ``s``, the sd of the estimator's per-round terms;
+    the realised mean adds its own sampling variance, taken as ``s^2 / n_next``:
+
+        V +- z sqrt(s^2 / n + s^2 / n_next) = V +- h sqrt(1 + n / n_next)
+
+    ``s^2`` stands in for the variance of the per-round reward: above it for importance-weighted terms (their
+    variance exceeds the reward's when the weights exceed 1), so the interval errs wide rather than narrow.
+    """
+    if n_next < 1:
+        raise ValueError(f"n_next must be a positive number of rounds, got {n_next}")
+    half = (estimate.ci_high - estimate.ci_low) / 2 * float(np.sqrt(1.0 + estimate.n / n_next))
+    return estimate.value - half, estimate.value + half

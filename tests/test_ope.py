@@ -134,3 +134,44 @@ def test_paired_difference_covers_the_true_difference_and_is_narrower() -> None:
         paired_difference(r, mu, a, target, other)
     with pytest.raises(ValueError, match="alike"):
         paired_difference(r, mu, a, target, other[:, :2], q)
+
+
+def test_the_prediction_interval_covers_the_next_windows_realised_mean() -> None:
+    """A policy's confidence interval is for its value (the population mean); what it realises on the next
+    window is that window's sample mean. With n = 400 logged rounds and m = 200 next ones the confidence
+    interval covers the realised mean ~74% of the time (1.96 / sqrt(1 + n / m) sds); the prediction interval
+    ~95%, at sqrt(1 + n / m) times the width."""
+    from router_rl.ope import prediction_interval
+
+    n, m, k, eps, trials = 400, 200, 3, 0.2, 300
+    ci_hits = pi_hits = value_hits = 0
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=(3, k))
+    grid = rng.normal(size=(200_000, 3))
+    value = float(np.max(1 / (1 + np.exp(-grid @ weights)), axis=1).mean())  # the greedy policy's true value
+    for _ in range(trials):
+        x = rng.normal(size=(n + m, 3))
+        means = 1 / (1 + np.exp(-x @ weights))  # (n + m, k); the target is greedy on them
+        target = np.eye(k)[np.argmax(means, axis=1)]
+        logging = (1 - eps) * target + eps / k  # an exploring copy of the target: on-policy-like weights
+        actions = np.array([rng.choice(k, p=p) for p in logging[:n]])
+        rewards = means[np.arange(n), actions] + rng.normal(scale=0.05, size=n)
+        est = doubly_robust(
+            rewards,
+            logging[np.arange(n), actions],
+            target[np.arange(n), actions],
+            actions,
+            target[:n],
+            means[:n] + 0.05,  # a biased reward model
+        )
+        realised = float((target[n:] * means[n:]).sum(axis=1).mean())
+        low, high = prediction_interval(est, m)
+        assert high - low == pytest.approx((est.ci_high - est.ci_low) * np.sqrt(1 + n / m))
+        ci_hits += est.ci_low <= realised <= est.ci_high
+        pi_hits += low <= realised <= high
+        value_hits += est.ci_low <= value <= est.ci_high
+    assert 0.88 <= value_hits / trials <= 0.99  # the confidence interval is for the value
+    assert 0.9 <= pi_hits / trials <= 1.0
+    assert ci_hits / trials < 0.85  # and not for the next window's mean
+    with pytest.raises(ValueError, match="n_next"):
+        prediction_interval(est, 0)

@@ -83,8 +83,24 @@ def test_a_tiny_replay_learns_promotes_and_keeps_its_books(tmp_path: Path) -> No
     assert (
         learns[1]["champion_version"] == learns[0]["candidate_version"]
     )  # learn continues from the new champion
+    for c in learns:  # the prediction interval for the next window's mean: the CI widened by sqrt(1 + n / m)
+        assert c["n_next"] == 80
+        widen = np.sqrt(1 + c["n_evaluated"] / 80)
+        assert c["prediction"][1] - c["prediction"][0] == pytest.approx((c["ci_high"] - c["ci_low"]) * widen)
+        d, dp = c["difference"], c["difference_prediction"]
+        assert dp[1] - dp[0] == pytest.approx((d[2] - d[1]) * widen) and dp[0] <= d[0] <= dp[1]
     b = result["summary"]["b_ope"]
     assert b["n_promotions"] == 2 and b["inside_interval"] == sum(
         c["ci_low"] <= c["realised"] <= c["ci_high"] for c in learns
     )
+    assert b["inside_prediction"] == sum(
+        c["prediction"][0] <= c["realised"] <= c["prediction"][1] for c in learns
+    )
+    assert b["inside_prediction"] >= b["inside_interval"]
+    # --rescore recomputes the same intervals and summary from the written result
+    from production_loop import rescore
+
+    again = rescore(out.with_suffix(".json"))
+    assert json.dumps(again["summary"]["b_ope"], sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert again["seeds"]["0"]["loop"]["learns"][0]["prediction"] == learns[0]["prediction"]
     assert result["stub"]["judged"] == result["stub"]["answered"] == 2 * 240
