@@ -316,9 +316,9 @@ def write_md(r: dict, path: Path) -> None:
         "A non-streamed chat request through `router-rl serve` (HTTP on loopback, one request at a time, cached "
         "prompt: the head decides inline; durable decision log) with judging on against the same server with "
         "judging off, in interleaved rounds. `worker S`: `--judge-share S`, graded in the judge worker (a "
-        "separate process at `os.nice(19)` fed by a bounded queue, which calls the judge and commits the grade's "
-        "feedback row itself; the server only draws the sample and queues a small job after the response went "
-        "out). `event loop S`: the design before the worker (`--no-judge-worker`): the judge call, its JSON and "
+        "separate process at `os.nice(19)`, handed at most `--judge-queue-size` answers without ever waiting, "
+        "which calls the judge and commits the grade's feedback row itself; the server only draws the sample and "
+        "queues a small job after the response went out). `event loop S`: the design before the worker (`--no-judge-worker`): the judge call, its JSON and "
         f"the feedback commit in a background task on the server's own event loop. {cfg['rounds']} rounds; "
         "grades stored: "
         + ", ".join(f"{name} {n}" for name, n in r["grades_stored"].items())
@@ -335,7 +335,8 @@ def write_md(r: dict, path: Path) -> None:
             for name, v in r["worker_cpu_s"].items()
             if v is not None and name.startswith("worker")
         )
-        + " in all) is what grading takes from the serving process whatever the machine's other load. Two loads: back to back ({cfg['requests']} requests per server "
+        + " in all, its start-up included) says what grading takes from the serving process; it moves with the "
+        f"machine's other load too (cache, steal), less than latency does. Two loads: back to back ({cfg['requests']} requests per server "
         "per round, the next request sent as soon as the answer arrives, so it meets the grading of the answer "
         f"before it) and paced ({cfg['paced_requests']} requests per round, {pc['gap_ms']:g} ms idle after each "
         "answer, so the grading is done before the next request: what judging adds to the request path itself).",
@@ -369,7 +370,12 @@ def write_md(r: dict, path: Path) -> None:
             for label, m in (("back to back", bb), ("paced", pc))
         ]
         lines.append(f"- {name}: {', '.join(verdicts)}")
-    lines.append("")
+    lines += [
+        "",
+        "On this shared machine a difference of a few tenths of a millisecond is within the noise (negative "
+        "ones included): compare the per-round IQRs, and the off server's own p50 from one load to the other.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 

@@ -449,8 +449,6 @@ def create_app(
             on_batch=lambda n, s: (metrics.batch_size.observe(n), metrics.batch_latency.observe(s)),
         )
         await service.batcher.start()
-        if judging is not None:  # the judge worker starts in the background; grades queue meanwhile
-            judging.start()
         own_client = client is None
         service.client = client or new_client(
             timeout_s=settings.upstream_timeout_s,
@@ -477,6 +475,8 @@ def create_app(
         )
         if watch is not None:
             watch.start()
+        if judging is not None:  # last, so the worker's start-up never slows the server's
+            judging.start()
         try:
             yield
         finally:  # uvicorn has stopped accepting and waited for in-flight requests: drain and close
