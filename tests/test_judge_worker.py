@@ -4,6 +4,7 @@ loop) while serving goes on, and shutdown drains within its bound, then terminat
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -93,7 +94,12 @@ def test_a_full_queue_drops_and_counts(tmp_path: Path, stub: OpenAIStub) -> None
     assert len(read_logged_bandit_data(tmp_path / "log.sqlite", require_feedback=True)) == 2
 
 
-def test_a_dead_worker_is_restarted_and_serving_goes_on(tmp_path: Path, stub: OpenAIStub) -> None:  # noqa: F811
+def test_a_dead_worker_is_restarted_and_serving_goes_on(
+    tmp_path: Path,
+    stub: OpenAIStub,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="router_rl.serve")
     server, app = serving(tmp_path, stub, judge_share=1.0)
     judging = app.state.judging
     with server, httpx.Client(base_url=server.url, timeout=30) as http:
@@ -109,6 +115,8 @@ def test_a_dead_worker_is_restarted_and_serving_goes_on(tmp_path: Path, stub: Op
         second = judging.worker.pid
         assert http.get("/healthz").json()["judge"]["worker_pid"] == second
     assert dict(judging.graded_by) == {first: 1, second: 3} and judging.restarts == 1
+    deaths = [r.getMessage() for r in caplog.records if "judge worker" in r.getMessage()]
+    assert deaths == [f"judge worker {first} exited with code -9 (0 answers lost): restart 1 of 5"]
 
 
 def test_past_its_restarts_grading_falls_back_to_the_event_loop(tmp_path: Path, stub: OpenAIStub) -> None:  # noqa: F811
