@@ -1,7 +1,7 @@
 """What judge sampling costs a request: p50/p99 of a non-streamed chat request through the real server with
 judging on (``--judge-share 1.0`` and a realistic ``0.1``) against the same server with judging off.
 
-    python experiments/bench_judging.py                # about 4 minutes on 2 cores
+    python experiments/bench_judging.py                # about 5 minutes on 2 cores
     python experiments/bench_judging.py --rounds 4 --requests 50   # under a minute
 
 Since issue 14 the grading runs in the judge worker (serve/judge_worker.py): a separate process at
