@@ -11,6 +11,10 @@ estimate says so. The static starting policy serves the same traffic with the sa
                                                         # unique prompts outside each seed's starting 10%
     python experiments/production_loop.py --n-prompts 4800 --every 800 --rate 40 --budget-usd-per-hour 55 \
         --out experiments/results/production_loop_budget  # serve's spend pacer on a steady stream (~13 min)
+    python experiments/production_loop.py --n-prompts 13000 --every 1000 --gate difference --margin 0 \
+        --out experiments/results/production_loop_paired_full  # learn's paired gate at the full size (~18 min)
+    python experiments/production_loop.py --rescore experiments/results/production_loop_full.json
+                                        # recompute a result's prediction intervals and summary, no replay
 
 Per seed: a 10% sample of the prompts (``--start-share``) trains the starting policy (``router_rl.training``:
 the default lowrank_warm policy, ``embedder=static``: the distilled token-lookup encoder, 500+ prompts/s on
@@ -22,7 +26,9 @@ other prompts (unique texts, in a seeded order) are the traffic. Each window of 
 - after it: ``learn`` on the champion's logged, judged decisions (``policy_version`` = the champion), its
   ope.json (IPS/SNIPS/DR of candidate and champion with intervals), the decision, and for every candidate
   the value it realised on the next window's prompts (its greedy choice on their logged contexts, rewarded by
-  the judge's expected grade: what the OPE estimates), beside the champion's realised value on those prompts.
+  the judge's expected grade: what the OPE estimates), beside the champion's realised value on those prompts,
+  and the 95% prediction intervals for those realised values (``router_rl.ope.prediction_interval``: ope.json's
+  confidence interval is for the policy's value; a window's mean has its own spread on top).
 
 Writes experiments/results/production_loop.{json,md,png}.
 
