@@ -425,6 +425,7 @@ def create_app(
             window_s=settings.budget_window_s,
             step=settings.budget_step,
             max_multiplier=settings.budget_max_multiplier,
+            recover_s=settings.budget_recover_s,
             clock=service.clock,
             registry=metrics.registry,
         )

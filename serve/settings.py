@@ -184,6 +184,11 @@ class ServeSettings:
     budget_window_s: float = opt(300.0, "the spend-rate window the budget pacer steps on, in seconds")
     budget_step: float = opt(0.05, "the budget pacer's dual step per minute (eta)")
     budget_max_multiplier: float = opt(20.0, "the largest multiplier the budget pacer adds to a cost weight")
+    budget_recover_s: float | None = opt(
+        None,
+        "seconds over which the hour so far's spend beyond (or short of) the target is paid back; "
+        "default four budget windows",
+    )
     shadow: str | None = opt(
         None,
         "a candidate artifact (directory or models:/ URI) that decides beside the served policy on every routed "
@@ -259,6 +264,10 @@ class ServeSettings:
         for name in ("budget_update_s", "budget_window_s", "budget_step", "budget_max_multiplier"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise bad(name, "a number > 0")
+        if self.budget_recover_s is not None and not (
+            math.isfinite(self.budget_recover_s) and self.budget_recover_s > 0
+        ):
+            raise bad("budget_recover_s", "seconds > 0 (unset: four budget windows)")
         if self.shadow is not None and not self.shadow.strip():
             raise bad("shadow", "an artifact directory or a models:/ URI")
         if not (math.isfinite(self.registry_poll_s) and self.registry_poll_s >= 0):
