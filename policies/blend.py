@@ -132,7 +132,7 @@ class BlendLinUCB(LowRankLinUCB):
             )
         self.mlp_weight = 0.5 if self.auto_weight else float(mlp_weight)  # auto: set by the warm start
         self.stack_folds, self.stack_by = int(stack_folds), str(stack_by)
-        self.stacking: dict[str, Any] | None = None  # auto: the grid and its out-of-fold errors
+        self.stacking: dict[str, Any] | None = None  # auto: the grid and its out-of-fold scores
         self.mlp_config = {**MLP_DEFAULTS, **dict(mlp or {})}
         self.mlp_config["hidden"] = [int(h) for h in self.mlp_config["hidden"]]
         self.device_name, self.seed = str(device), int(seed)
@@ -163,22 +163,10 @@ class BlendLinUCB(LowRankLinUCB):
             return linear
         return (1.0 - beta) * linear + beta * self.net.estimates(x)
 
-    def scores(
-        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
-    ) -> np.ndarray:
-        s = self.mean_scores(x, cost_weight=cost_weight, latency_weight=latency_weight)
-        if explore and self.alpha > 0:
-            s = s + self.alpha * (1.0 - self.blend_weight) * self.widths(np.c_[x, np.ones(len(x))])[0]
-        return s
-
-    def probs(
-        self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
-    ) -> np.ndarray:
-        from router_rl.policies.base import greedy_probs
-
-        return greedy_probs(
-            self.scores(x, cost_weight=cost_weight, latency_weight=latency_weight, explore=explore)
-        )
+    @property
+    def bonus_alpha(self) -> float:
+        """LinUCB's bonus scaled by the linear heads' share of the estimate: alpha (1 - beta)."""
+        return self.alpha * (1.0 - self.blend_weight)
 
     # -------------------------------------------------------------------------------------- learning
     def warm_start(self, x, quality, cost, latency, weight: float = 1.0) -> None:
@@ -197,7 +185,7 @@ class BlendLinUCB(LowRankLinUCB):
         n = len(x)
         folds = np.random.default_rng([self.seed, 11]).permutation(n) % self.stack_folds
         if n < 2 * self.stack_folds:  # too few rows to hold any out: an even blend
-            self.stacking = {"grid": None, "oof_mse": None, "rows": n}
+            self.stacking = {"by": self.stack_by, "grid": None, "scores": None, "rows": n}
             return 0.5
         cost = np.asarray(cost, dtype=np.float64)
         linear_oof = np.full((2, *quality.shape), np.nan)  # quality and cost estimates

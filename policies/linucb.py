@@ -74,9 +74,16 @@ class LinUCB(RidgeArms):
     ) -> np.ndarray:
         """(B, K) decision scores (with the exploration bonus when ``explore``), in float64."""
         s = self.mean_scores(x, cost_weight=cost_weight, latency_weight=latency_weight)
-        if explore and self.alpha > 0:
-            s = s + self.alpha * self.widths(add_bias(x))[0]
+        alpha = self.bonus_alpha
+        if explore and alpha > 0:
+            s = s + alpha * self.widths(add_bias(x))[0]
         return s
+
+    @property
+    def bonus_alpha(self) -> float:
+        """The multiplier of the width in the exploration bonus: ``alpha`` (a subclass whose estimates are
+        only partly the linear heads' scales it by their share)."""
+        return self.alpha
 
     def probs(
         self, x: np.ndarray, *, cost_weight: float, latency_weight: float = 0.0, explore: bool = False
@@ -85,12 +92,13 @@ class LinUCB(RidgeArms):
         the rows whose best model the bounds cannot certify are recomputed in float64, so the decisions are
         those of the float64 formula (:func:`router_rl.policies.bonus.certified_greedy`)."""
         mean = self.mean_scores(x, cost_weight=cost_weight, latency_weight=latency_weight)
-        if not explore or self.alpha == 0:
+        alpha = self.bonus_alpha
+        if not explore or alpha == 0:
             return greedy_probs(mean)
         xb = add_bias(x)
         w, err = self.widths(xb, float32=True)
         return greedy_probs(
-            certified_greedy(mean, self.alpha, w, err, lambda r, a: pair_widths(xb, self.a_inv, r, a))
+            certified_greedy(mean, alpha, w, err, lambda r, a: pair_widths(xb, self.a_inv, r, a))
         )
 
     def config(self) -> dict[str, Any]:
