@@ -631,26 +631,22 @@ def create_app(
         if sticky is not None and response.status_code < 300:  # the next turn goes to who answered this one
             sticky.remember(next_turn_key(body.messages), response.headers.get(HEADER_MODEL))
         if judging is not None and response.status_code == 200:
+            job = None  # (grader, answer): graded once the answer has been sent
             if not body.stream:
                 answer = answer_text(response)
-                if answer is not None and judging.sample():  # graded once the answer has been sent
-                    response.background = BackgroundTask(
-                        judging.grade,
-                        routed.decision.decision_id,
-                        prompt,
-                        answer,
-                        payload=payload,
-                        model=response.headers.get(HEADER_MODEL),
-                        logged=future,
-                    )
+                if answer is not None and judging.sample():
+                    job = (judging.grade, answer)
             elif isinstance(response, StreamingResponse) and judging.sample():
                 text = StreamText()  # gathers the streamed text as it passes; graded after the stream ended
                 response.body_iterator = text.relay(response.body_iterator)
+                job = (judging.grade_stream, text)
+            if job is not None:
+                grader, answer = job
                 response.background = BackgroundTask(
-                    judging.grade_stream,
+                    grader,
                     routed.decision.decision_id,
                     prompt,
-                    text,
+                    answer,
                     payload=payload,
                     model=response.headers.get(HEADER_MODEL),
                     logged=future,
