@@ -57,9 +57,8 @@ __all__ = [
 ]
 
 LINEAR_TENSORS = ("theta_quality", "theta_cost", "theta_latency")
-MLP_PREFIX = (
-    "mlp."  # a linear+mlp artifact's network: mlp.<i>.weight / mlp.<i>.bias, mlp.col_mean, mlp.col_sd
-)
+# a linear+mlp artifact's network: mlp.<i>.weight / mlp.<i>.bias, mlp.col_mean, mlp.col_sd
+MLP_PREFIX = "mlp."
 
 
 def sha256_file(path: str | Path) -> str:
@@ -266,17 +265,21 @@ def _linear_tensors(manifest: dict[str, Any], data: bytes, root: Path, device: s
     except (SafetensorError, OSError, ValueError) as err:
         raise ArtifactError(f"{where}: unreadable safetensors file ({err})") from None
     k, dim = len(manifest["models"]), int(manifest["embedder"]["dim"])
+    expected = {name: (k, dim + 1) for name in LINEAR_TENSORS}
+    shapes = f"for {k} models and embedding dim {dim}"
+    if manifest["policy_kind"] == "linear+mlp":
+        expected.update(_mlp_shapes(manifest, raw, k, dim))
+        shapes += f" (the network's layers chain from {dim} to 3 x {k} outputs)"
     tensors = {}
-    for name in LINEAR_TENSORS:
+    for name, shape in expected.items():
         if name not in raw:
             raise ArtifactError(
                 f"{where}: tensor {name!r} missing for policy kind {manifest['policy_kind']!r}"
             )
         t = raw[name]
-        if tuple(t.shape) != (k, dim + 1):
+        if tuple(t.shape) != shape:
             raise ArtifactError(
-                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {(k, dim + 1)} "
-                f"for {k} models and embedding dim {dim}"
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} {shapes}"
             )
         if not t.is_floating_point():
             raise ArtifactError(f"{where}: tensor {name!r} has dtype {t.dtype}; expected floating point")
@@ -287,15 +290,14 @@ def _linear_tensors(manifest: dict[str, Any], data: bytes, root: Path, device: s
                 f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s); expected finite weights"
             )
         tensors[name] = t.to(device=device)
-    if manifest["policy_kind"] == "linear+mlp":
-        tensors.update(_mlp_tensors(manifest, raw, where, k, dim, device))
     return tensors
 
 
-def _mlp_tensors(manifest: dict[str, Any], raw: dict[str, Any], where: Path, k: int, dim: int, device: str):
-    """A linear+mlp artifact's network: every layer present, chained shapes from ``dim`` to 3K, finite."""
-    import torch
-
+def _mlp_shapes(
+    manifest: dict[str, Any], raw: dict[str, Any], k: int, dim: int
+) -> dict[str, tuple[int, ...]]:
+    """The shape each tensor of a linear+mlp artifact's network must have: layers chained from ``dim`` to 3K
+    outputs (a hidden layer's width is read from its weight), and the (3K,) de-normalisation."""
     n = int(manifest["blend"]["mlp_layers"])
     expected: dict[str, tuple[int, ...]] = {}
     width = dim
@@ -309,23 +311,7 @@ def _mlp_tensors(manifest: dict[str, Any], raw: dict[str, Any], where: Path, k: 
         width = out_dim
     expected[f"{MLP_PREFIX}col_mean"] = (3 * k,)
     expected[f"{MLP_PREFIX}col_sd"] = (3 * k,)
-    tensors = {}
-    for name, shape in expected.items():
-        if name not in raw:
-            raise ArtifactError(f"{where}: tensor {name!r} missing for policy kind 'linear+mlp' ({n} layers)")
-        t = raw[name]
-        if tuple(t.shape) != shape:
-            raise ArtifactError(
-                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} "
-                f"(layers chain from embedding dim {dim} to 3 x {k} models)"
-            )
-        t = t.to(dtype=torch.float32)
-        if not torch.isfinite(t).all():
-            raise ArtifactError(
-                f"{where}: tensor {name!r} holds NaN or infinite values; expected finite weights"
-            )
-        tensors[name] = t.to(device=device)
-    return tensors
+    return expected
 
 
 def linear_estimates(artifact: Artifact, x):
