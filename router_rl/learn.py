@@ -28,6 +28,16 @@ candidate keeps the network and beta; both policies' scores in the evaluation ar
 
 DR uses the champion's predictions as the reward model: they were fitted before this log, so they do not
 overfit the rows they correct (no cross-fitting needed).
+
+Selection-free value (``estimate_split``). The gate promotes the candidates whose held-out estimate ran high,
+so an interval computed on the rows that decided over-states a promoted candidate (the winner's curse;
+:func:`router_rl.ope.sample_split`). With ``estimate_split = s > 0`` the held-out rows with a reward are split
+by a seeded permutation (``split_seed``) into decision rows (1 - s) and estimate rows (s): the gate and
+``ope.json["candidate"]``, ``["champion"]`` and ``["difference"]`` use the decision rows only, and
+``ope.json["value_estimate"]`` holds the same estimates on the estimate rows, which the decision never saw: the
+candidate's value interval to report, and to build prediction intervals from. ``s = 0`` is the behaviour
+before the split: every held-out row decides, and ``value_estimate`` repeats the decision's figures with
+``selection_free: false``.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import numpy as np
 A_INV = "a_inv"
 ESTIMATORS = ("ips", "snips", "dr")
 GATES = ("absolute", "difference")  # promotion rules: see learn()
+ESTIMATE_SPLIT = 0.5  # share of the held-out rows kept out of the decision for the candidate's reported value
 # manifest fields the writer sets itself; every other field of the source manifest is carried over
 _WRITER_FIELDS = {
     "format",
@@ -163,6 +174,8 @@ def learn(
     policy_version: str | None = None,
     feedback_source: str = "any",
     gate: str = "absolute",
+    estimate_split: float = ESTIMATE_SPLIT,
+    split_seed: int = 0,
     promote: str | None = None,
     tracking_uri: str | None = None,
     wheel: str | Path | None = None,
@@ -179,6 +192,13 @@ def learn(
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     if prior_strength <= 0:
         raise ValueError(f"prior_strength must be > 0, got {prior_strength}")
+    if not 0 <= estimate_split < 1:  # NaN fails too
+        raise ValueError(
+            f"estimate_split (--estimate-split) must be in [0, 1): the share of the held-out rows kept for the "
+            f"selection-free value estimate (0: the decision's own rows report it); got {estimate_split!r}"
+        )
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
+        raise ValueError(f"split_seed (--split-seed) must be a non-negative integer, got {split_seed!r}")
     art = load_artifact(artifact, device="cpu")
     models = art.models
     k, dim = len(models), int(art.manifest["embedder"]["dim"])
@@ -258,9 +278,25 @@ def learn(
         raise LearnError(
             f"{log_db}: no decision with feedback has a reward (quality and, for cost weight > 0, cost)"
         )
-    est_cand = ope.estimate_all(r, mu, act_ev, p_cand, q_hat, level=level)
-    est_champ = ope.estimate_all(r, mu, act_ev, p_champ, q_hat, level=level)
-    diff = ope.paired_difference(r, mu, act_ev, p_cand, p_champ, q_hat, estimator=estimator, level=level)
+    # the gate decides on `decide`; the candidate's reported value comes from `hold`, which it never saw
+    decide, hold = ope.sample_split(int(ev.sum()), estimate_split, split_seed)
+    if estimate_split > 0 and min(decide.size, hold.size) < 2:
+        raise LearnError(
+            f"{log_db}: {int(ev.sum())} held-out decisions with a reward are too few to split "
+            f"{1 - estimate_split:.0%} / {estimate_split:.0%} (--estimate-split {estimate_split}) into decision "
+            "and estimate rows of at least 2 each"
+        )
+
+    def evidence(rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        logged = (r[rows], mu[rows], act_ev[rows])
+        cand = ope.estimate_all(*logged, p_cand[rows], q_hat[rows], level=level)
+        champ = ope.estimate_all(*logged, p_champ[rows], q_hat[rows], level=level)
+        paired = ope.paired_difference(
+            *logged, p_cand[rows], p_champ[rows], q_hat[rows], estimator=estimator, level=level
+        )
+        return cand, champ, paired
+
+    est_cand, est_champ, diff = evidence(decide)
     lower, champ_value = est_cand[estimator].ci_low, est_champ[estimator].value
     if gate == "difference":  # the paired interval: both policies on the same rows, their noise cancels
         promote_ok = bool(diff.ci_low > margin)
@@ -268,6 +304,26 @@ def learn(
     else:
         promote_ok = bool(lower > champ_value + margin)
         rule = f"candidate {estimator} lower bound > champion {estimator} estimate + margin"
+    ev_ids = np.asarray(data.decision_id)[keep][ev]
+    if hold.size:
+        val_cand, val_champ, val_diff = evidence(hold)
+        value_estimate = {
+            "selection_free": True,
+            "rows": "estimate rows: held out of the fit and of the decision (disjoint from the decision rows)",
+            "n": int(hold.size),
+        }
+    else:
+        val_cand, val_champ, val_diff = est_cand, est_champ, diff
+        value_estimate = {
+            "selection_free": False,
+            "rows": "the decision's own rows (estimate_split 0): biased upwards for a promoted candidate",
+            "n": int(decide.size),
+        }
+    value_estimate |= {
+        "candidate": {name: e.to_dict() for name, e in val_cand.items()},
+        "champion": {name: e.to_dict() for name, e in val_champ.items()},
+        "difference": val_diff.to_dict(),
+    }
     report = {
         "log_db": log_db,
         "source_artifact": str(Path(artifact)),
@@ -277,6 +333,16 @@ def learn(
         "n_learned": int(fit.sum()),
         "n_evaluated": int(ev.sum()),
         "holdout": holdout,
+        "split": {
+            "estimate_split": estimate_split,
+            "seed": split_seed,
+            "method": "the held-out rows with a reward, in log order, permuted by numpy.random.default_rng(seed); "
+            "the first round(estimate_split * n_evaluated) are the estimate rows, the rest decide "
+            "(router_rl.ope.sample_split)",
+            "n_decision": int(decide.size),
+            "n_estimate": int(hold.size),
+            "estimate_decision_ids": [str(i) for i in ev_ids[hold]],
+        },
         "n_skipped_foreign_model": int((act < 0).sum()),
         "feedback_source": feedback_source,
         "n_by_feedback_source": _count_sources(data.feedback_source),
@@ -296,10 +362,13 @@ def learn(
             "promote": promote_ok,
             "gate": gate,
             "rule": rule,
+            "evidence": "candidate, champion and difference of this report: the decision rows "
+            f"({int(decide.size)} of {int(ev.sum())} held out); the candidate's value to report is value_estimate",
             "candidate_lower": lower,
             "champion_estimate": champ_value,
             "difference_lower": diff.ci_low,
         },
+        "value_estimate": value_estimate,
     }
     if data.shadow_action is not None:
         everything = read_log(
@@ -513,11 +582,21 @@ def register_candidate(
         "router_rl.champion_version": report["champion_version"],
         "router_rl.promoted": str(decision["promote"]).lower(),
     }
+    value = report.get("value_estimate")
+    if value is not None:  # the candidate's selection-free value (the decision's own with estimate_split 0)
+        tags |= {
+            "router_rl.ope.value": f"{value['candidate'][est]['value']:.6g}",
+            "router_rl.ope.value_ci_low": f"{value['candidate'][est]['ci_low']:.6g}",
+            "router_rl.ope.value_ci_high": f"{value['candidate'][est]['ci_high']:.6g}",
+            "router_rl.ope.value_selection_free": str(value["selection_free"]).lower(),
+        }
     with mlflow.start_run(run_name=f"learn-{name}"):
         mlflow.log_artifact(str(ope_path))
         for who in ("candidate", "champion"):
             for e, v in report[who].items():
                 mlflow.log_metric(f"ope/{who}_{e}", v["value"])
+            for e, v in (value or {}).get(who, {}).items():
+                mlflow.log_metric(f"ope/value_{who}_{e}", v["value"])
         version = register_artifact(artifact_dir, name, tracking_uri=uri, tags=tags, wheel=wheel)
     if decision["promote"]:
         move_alias(name, str(version.version), alias, tracking_uri=uri)
@@ -599,6 +678,17 @@ def main(args: Sequence[str]) -> int:
         "--holdout", type=float, default=0.3, help="newest share of the log kept out of fitting, for the OPE"
     )
     parser.add_argument(
+        "--estimate-split",
+        type=float,
+        default=ESTIMATE_SPLIT,
+        help="share of the held-out rows kept out of the decision for the candidate's selection-free value "
+        "estimate (ope.json value_estimate); the gate decides on the rest (0: every held-out row decides and "
+        "reports, as before the split)",
+    )
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the decision / estimate split of the held-out rows"
+    )
+    parser.add_argument(
         "--policy-version", default=None, help="learn only from this policy version's decisions"
     )
     parser.add_argument(
@@ -628,6 +718,8 @@ def main(args: Sequence[str]) -> int:
             level=opts.level,
             prior_strength=opts.prior_strength,
             holdout=opts.holdout,
+            estimate_split=opts.estimate_split,
+            split_seed=opts.split_seed,
             policy_version=opts.policy_version,
             feedback_source=opts.feedback_source,
             promote=opts.promote,
@@ -638,11 +730,15 @@ def main(args: Sequence[str]) -> int:
         return _fail(err)
     rep = result.ope
     est = rep["estimator"]
+    value = rep["value_estimate"]
     print(
-        f"{rep['n_learned']} decisions learned ({rep['contexts']}); {est}: candidate "
-        f"{rep['candidate'][est]['value']:.4f} [{rep['candidate'][est]['ci_low']:.4f}, "
+        f"{rep['n_learned']} decisions learned ({rep['contexts']}); {est} on {rep['split']['n_decision']} decision "
+        f"rows: candidate {rep['candidate'][est]['value']:.4f} [{rep['candidate'][est]['ci_low']:.4f}, "
         f"{rep['candidate'][est]['ci_high']:.4f}] vs champion {rep['champion'][est]['value']:.4f}; "
-        f"promote: {rep['decision']['promote']} -> {result.artifact}"
+        f"promote: {rep['decision']['promote']}; candidate value"
+        + (f" on {value['n']} selection-free rows" if value["selection_free"] else " (not selection-free)")
+        + f": {value['candidate'][est]['value']:.4f} [{value['candidate'][est]['ci_low']:.4f}, "
+        f"{value['candidate'][est]['ci_high']:.4f}] -> {result.artifact}"
         + (f" (registered version {result.version.version})" if result.version is not None else "")
     )
     return 0

@@ -21,6 +21,12 @@ mean reward over the distribution the logged contexts came from. What a deployed
 sample mean over the next ``m`` rounds, a different sample with its own spread var(r) / m; an interval for
 that quantity must add it: V +- z sqrt(s^2 / n + s^2 / m), with s^2 the per-round variance of the estimator's
 terms standing in for var(r) (the classic prediction interval for the mean of m new draws).
+
+Selection-free evidence (:func:`sample_split`): an interval computed on the rows that also chose the policy
+(promote the candidate whose estimate clears a bar) covers less than its level for the chosen policy, because
+the policies chosen are those whose sample ran high (the winner's curse). Splitting the evaluation rows into a
+decision part and a disjoint estimate part, and reporting the chosen policy's value from the estimate part only,
+restores the level: the decision is independent of the estimate part's noise.
 """
 
 from __future__ import annotations
@@ -214,6 +220,22 @@ def paired_difference(
     return Estimate(
         f"{estimator}_difference", value, value - half, value + half, n, effective_sample_size(wa)
     )
+
+
+def sample_split(n: int, share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``0 .. n - 1`` into a decision part and a disjoint estimate part.
+
+    The estimate part is ``round(share * n)`` positions, the first of a permutation drawn by
+    ``numpy.random.default_rng(seed)``; the decision part is the rest. Both are returned sorted (int64 arrays).
+    ``share = 0`` returns every position as the decision part and an empty estimate part.
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    if share == 0:
+        return np.arange(n), np.arange(0)
+    n_estimate = int(round(share * n))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_estimate:]), np.sort(perm[:n_estimate])
 
 
 def prediction_interval(estimate: Estimate, n_next: int) -> tuple[float, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -138,22 +139,112 @@ def test_learn_moves_toward_the_truth_and_ope_covers_it(tmp_path: Path) -> None:
 
 
 def test_ope_intervals_cover_the_truth_over_seeds(tmp_path: Path) -> None:
-    """A statistical check: over 20 logs of 1,000 decisions (300 held out, candidate ESS ~30), the 95% IPS,
-    SNIPS and DR intervals of both policies cover the true value (of the candidate each log produced) at least
-    17 times; binomial(20, 0.95) falls below 17 with probability ~1.6%, and the seeds are fixed. (With 120
-    held-out rows, ESS ~12, SNIPS covered the candidate only 8 times in 20: its delta-method interval
-    collapses when the few weighted rewards agree.)"""
+    """A statistical check: over 20 logs of 1,000 decisions (300 held out, all of them evaluating:
+    ``estimate_split=0``; candidate ESS ~30), the 95% IPS, SNIPS and DR intervals of both policies cover the true
+    value (of the candidate each log produced) at least 17 times; binomial(20, 0.95) falls below 17 with
+    probability ~1.6%, and the seeds are fixed. (With 120 held-out rows, ESS ~12, SNIPS covered the candidate
+    only 8 times in 20: its delta-method interval collapses when the few weighted rewards agree; with the
+    default split's 150 decision rows, 14 times.)"""
     art = champion(tmp_path, dim=16)
     hits = dict.fromkeys([(w, e) for w in ("candidate", "champion") for e in ("ips", "snips", "dr")], 0)
     for seed in range(20):
         log, x = write_log(tmp_path / f"log{seed}.db", 1000, seed=100 + seed, dim=16)
-        result = learn(str(log), art, tmp_path / f"out{seed}")
+        result = learn(str(log), art, tmp_path / f"out{seed}", estimate_split=0)
         rep = result.ope
         for who, truth in (("candidate", true_value(result.artifact, x[-300:])), ("champion", 0.6)):
             for est in ("ips", "snips", "dr"):
                 e = rep[who][est]
                 hits[who, est] += e["ci_low"] <= truth <= e["ci_high"]
     assert min(hits.values()) >= 17, hits
+
+
+def _flip_feedback(src: Path, dst: Path, ids: list[str]) -> Path:
+    """A copy of the log at ``src`` whose decisions ``ids`` carry the opposite client grade (1 - quality)."""
+    shutil.copy(src, dst)
+    data = read_log(str(dst), require_feedback=True)
+    row = {str(did): i for i, did in enumerate(data.decision_id)}
+    log = DecisionLog(dst)
+    for did in ids:
+        i = row[did]
+        log.add_feedback(did, 1.0 - data.quality[i], cost_usd=data.cost_usd[i], latency_s=data.latency_s[i])
+    log.close()
+    return dst
+
+
+def _decided_on(rep: dict) -> dict:
+    return {key: rep[key] for key in ("candidate", "champion", "difference", "decision")}
+
+
+def test_estimate_split_keeps_the_decision_blind_to_the_estimate_rows(tmp_path: Path) -> None:
+    """With ``estimate_split=0.5`` the gate and the reported estimate use disjoint halves of the held-out rows:
+    changing the grades of the estimate rows changes the selection-free value and nothing the decision used;
+    changing the decision rows' grades changes the decision's figures and not the value. With
+    ``estimate_split=0`` (the behaviour before the split) every held-out row is the decision's."""
+    art = champion(tmp_path, dim=16)
+    log, _ = write_log(tmp_path / "log.db", 1500, seed=1, dim=16)
+    rep = learn(str(log), art, tmp_path / "out", margin=0.05, estimate_split=0.5).ope
+    split = rep["split"]
+    assert (rep["n_evaluated"], split["n_decision"], split["n_estimate"]) == (450, 225, 225)
+    assert (split["estimate_split"], split["seed"]) == (0.5, 0)
+    held_ids = [str(i) for i in read_log(str(log), require_feedback=True).decision_id[-450:]]
+    estimate_ids = split["estimate_decision_ids"]
+    decision_ids = sorted(set(held_ids) - set(estimate_ids))
+    assert len(set(estimate_ids)) == 225 and set(estimate_ids) < set(held_ids) and len(decision_ids) == 225
+    value = rep["value_estimate"]
+    assert value["selection_free"] is True and value["n"] == 225
+    for who in ("candidate", "champion"):
+        assert rep[who]["dr"]["n"] == value[who]["dr"]["n"] == 225
+    assert rep["decision"]["evidence"].startswith("candidate, champion and difference of this report")
+
+    flipped_est = _flip_feedback(log, tmp_path / "flip-est.db", estimate_ids)
+    again = learn(str(flipped_est), art, tmp_path / "again", margin=0.05, estimate_split=0.5).ope
+    assert again["split"]["estimate_decision_ids"] == estimate_ids  # the same seeded split
+    assert _decided_on(again) == _decided_on(rep)  # the decision never saw the estimate rows
+    assert again["value_estimate"]["candidate"]["dr"]["value"] != value["candidate"]["dr"]["value"]
+    flipped_dec = _flip_feedback(log, tmp_path / "flip-dec.db", decision_ids)
+    other = learn(str(flipped_dec), art, tmp_path / "other", margin=0.05, estimate_split=0.5).ope
+    assert other["value_estimate"] == value  # the value never saw the decision rows
+    assert other["candidate"]["dr"]["value"] != rep["candidate"]["dr"]["value"]
+
+    # estimate_split 0: the decision's own rows report the value, as before the split
+    same = [learn(str(p), art, tmp_path / f"s0-{p.stem}", estimate_split=0).ope for p in (log, flipped_est)]
+    assert same[0]["split"]["n_decision"] == 450 and same[0]["split"]["estimate_decision_ids"] == []
+    assert same[0]["value_estimate"]["selection_free"] is False
+    assert same[0]["value_estimate"]["candidate"] == same[0]["candidate"]
+    assert same[0]["candidate"]["dr"]["n"] == 450
+    assert same[1]["candidate"]["dr"]["value"] != same[0]["candidate"]["dr"]["value"]  # it saw them all
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"estimate_split": -0.1}, r"estimate_split \(--estimate-split\) must be in \[0, 1\).*-0\.1"),
+        ({"estimate_split": 1.0}, r"estimate_split \(--estimate-split\) must be in \[0, 1\).*1\.0"),
+        ({"estimate_split": float("nan")}, r"estimate_split \(--estimate-split\) must be in \[0, 1\).*nan"),
+        ({"split_seed": -1}, r"split_seed \(--split-seed\) must be a non-negative integer, got -1"),
+        ({"split_seed": 1.5}, r"split_seed \(--split-seed\) must be a non-negative integer, got 1\.5"),
+    ],
+)
+def test_learn_rejects_bad_split_options(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        learn(str(tmp_path / "log.db"), tmp_path / "artifact", tmp_path / "out", **kwargs)
+
+
+def test_learn_split_errors_name_the_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from router_rl.cli import main
+
+    art = champion(tmp_path, dim=16)
+    log, _ = write_log(tmp_path / "log.db", 300, seed=3, dim=16)
+    args = ["learn", "--log-db", str(log), "--artifact", str(art), "--out", str(tmp_path / "o")]
+    assert main([*args, "--estimate-split", "1.5"]) == 2
+    assert "estimate_split (--estimate-split) must be in [0, 1)" in capsys.readouterr().err
+    tiny, _ = write_log(tmp_path / "tiny.db", 10, seed=3, dim=16)  # 3 held out: 1 decision row, 2 estimate
+    with pytest.raises(LearnError, match=r"too few to split 50% / 50% \(--estimate-split 0.5\)"):
+        learn(str(tiny), art, tmp_path / "tiny")
+    assert main([*args, "--estimate-split", "0.4", "--split-seed", "7"]) == 0
+    rep = json.loads((tmp_path / "o" / "ope.json").read_text())
+    assert rep["split"]["seed"] == 7 and rep["split"]["n_estimate"] == round(0.4 * rep["n_evaluated"])
+    assert "selection-free rows" in capsys.readouterr().out
 
 
 def test_learn_without_contexts_says_what_to_turn_on(tmp_path: Path) -> None:
@@ -170,7 +261,7 @@ def test_learn_re_embeds_logged_prompts(tmp_path: Path) -> None:
 
     art = champion(tmp_path)
     log, _ = write_log(tmp_path / "log.db", 40, seed=4, embeddings=False, prompts=True)
-    rep = learn(str(log), art, tmp_path / "out").ope
+    rep = learn(str(log), art, tmp_path / "out", estimate_split=0).ope  # 12 held-out rows: too few to split
     assert rep["contexts"].startswith("logged prompts, re-embedded")
     assert rep["n_learned"] == 28
     # the fit saw the encoder's embeddings: continuing by hand from them gives the same quality heads
@@ -264,6 +355,10 @@ def test_promotion_by_margin_and_rollback(tmp_path: Path, registry: dict) -> Non
     assert float(v1.tags["router_rl.ope.champion"]) == pytest.approx(
         no.ope["champion"]["dr"]["value"], rel=1e-5
     )
+    assert float(v1.tags["router_rl.ope.value"]) == pytest.approx(
+        no.ope["value_estimate"]["candidate"]["dr"]["value"], rel=1e-5
+    )
+    assert v1.tags["router_rl.ope.value_selection_free"] == "true"
     assert "ope.json" in [f.path for f in client.list_artifacts(v1.run_id)]
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias("router", "champion")
