@@ -13,6 +13,10 @@ estimate says so. The static starting policy serves the same traffic with the sa
         --out experiments/results/production_loop_budget  # serve's spend pacer on a steady stream (~13 min)
     python experiments/production_loop.py --n-prompts 13000 --every 1000 --gate difference --margin 0 \
         --out experiments/results/production_loop_paired_full  # learn's paired gate at the full size (~18 min)
+    python experiments/production_loop.py --n-prompts 13000 --every 1000 --seeds 0 1 2 3 4 5 \
+        --out experiments/results/production_loop_honest  # learn's default --estimate-split 0.5: the gate
+                                                          # decides on half the held-out rows, the reported
+                                                          # value comes from the other half
     python experiments/production_loop.py --rescore experiments/results/production_loop_full.json
                                         # recompute a result's prediction intervals and summary, no replay
 
@@ -28,7 +32,9 @@ other prompts (unique texts, in a seeded order) are the traffic. Each window of 
   the value it realised on the next window's prompts (its greedy choice on their logged contexts, rewarded by
   the judge's expected grade: what the OPE estimates), beside the champion's realised value on those prompts,
   and the 95% prediction intervals for those realised values (``router_rl.ope.prediction_interval``: ope.json's
-  confidence interval is for the policy's value; a window's mean has its own spread on top).
+  confidence interval is for the policy's value; a window's mean has its own spread on top), both from the rows
+  that decided and, with ``--estimate-split`` > 0, from ope.json's ``value_estimate`` (held-out rows the
+  decision never saw: selection-free). Target (b) is scored on the selection-free intervals when there are any.
 
 Writes experiments/results/production_loop.{json,md,png}.
 
@@ -399,13 +405,20 @@ def prediction_intervals(cand: dict[str, Any], n_next: int) -> dict[str, Any]:
     interval, rows evaluated): its value, and the candidate - champion difference (the paired estimate)."""
     from router_rl.ope import Estimate, prediction_interval
 
-    n = int(cand["n_evaluated"])
+    n = int(cand.get("n_decision", cand["n_evaluated"]))  # the rows the decision's estimates came from
     value = Estimate(cand["estimator"], cand["estimate"], cand["ci_low"], cand["ci_high"], n, float("nan"))
     out: dict[str, Any] = {"n_next": int(n_next), "prediction": list(prediction_interval(value, n_next))}
     if "difference" in cand:
         d = cand["difference"]
         diff = Estimate("difference", d[0], d[1], d[2], n, float("nan"))
         out["difference_prediction"] = list(prediction_interval(diff, n_next))
+    v = cand.get("value")
+    if v is not None:  # ope.json's value_estimate: the estimate rows (selection-free when the split is on)
+        est = Estimate(cand["estimator"], v["estimate"], v["ci_low"], v["ci_high"], int(v["n"]), float("nan"))
+        d = v["difference"]
+        diff = Estimate("difference", d[0], d[1], d[2], int(v["n"]), float("nan"))
+        out["value_prediction"] = list(prediction_interval(est, n_next))
+        out["value_difference_prediction"] = list(prediction_interval(diff, n_next))
     return out
 
 
@@ -549,6 +562,7 @@ def run_arm(
                     margin=opts.margin,
                     gate=opts.gate,
                     holdout=opts.holdout,
+                    estimate_split=opts.estimate_split,
                     level=opts.level,
                     policy_version=version,
                 ).ope
@@ -562,6 +576,7 @@ def run_arm(
                 "candidate_version": rep["candidate_version"],
                 "n_learned": rep["n_learned"],
                 "n_evaluated": rep["n_evaluated"],
+                "n_decision": rep["split"]["n_decision"],
                 "ess": rep["ess"],
                 "estimator": est,
                 "estimate": rep["candidate"][est]["value"],
@@ -576,16 +591,30 @@ def run_arm(
                     rep["difference"]["ci_low"],
                     rep["difference"]["ci_high"],
                 ],
+                "value": {
+                    "selection_free": rep["value_estimate"]["selection_free"],
+                    "n": rep["value_estimate"]["n"],
+                    "estimate": rep["value_estimate"]["candidate"][est]["value"],
+                    "ci_low": rep["value_estimate"]["candidate"][est]["ci_low"],
+                    "ci_high": rep["value_estimate"]["candidate"][est]["ci_high"],
+                    "difference": [
+                        rep["value_estimate"]["difference"]["value"],
+                        rep["value_estimate"]["difference"]["ci_low"],
+                        rep["value_estimate"]["difference"]["ci_high"],
+                    ],
+                },
                 "artifact": learn_dir / "artifact",
                 "champion_artifact": champion,
             }
             if cand["promoted"]:
                 server.reload(learn_dir / "artifact")
                 champion = learn_dir / "artifact"
+            v = cand["value"]
             log(
                 f"  learn after window {win}: {rep['n_learned']} learned, {est} candidate {cand['estimate']:.4f} "
                 f"[{cand['ci_low']:.4f}, {cand['ci_high']:.4f}] vs champion {cand['champion_estimate']:.4f}: "
-                f"{'PROMOTED' if cand['promoted'] else 'kept champion'}"
+                f"{'PROMOTED' if cand['promoted'] else 'kept champion'}; value on {v['n']} estimate rows "
+                f"{v['estimate']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
             )
             out.learns.append(cand)
             pending.append(cand)
@@ -703,6 +732,21 @@ def summarise(
     inside_all = [c["ci_low"] <= c["realised"] <= c["ci_high"] for c in every]
     inside_pred_all = [c["prediction"][0] <= c["realised"] <= c["prediction"][1] for c in every]
     drops = [c["realised_reward"] - c["champion_realised_reward"] for c in promos]
+    # the selection-free intervals (ope.json value_estimate on rows the decision never saw), when learn split
+    free = [c for c in every if c.get("value", {}).get("selection_free")]
+    free_promos = [c for c in free if c["promoted"]]
+
+    def inside_value(cs: list[dict[str, Any]], key: str) -> int:
+        if key == "ci":
+            return int(sum(c["value"]["ci_low"] <= c["realised"] <= c["value"]["ci_high"] for c in cs))
+        return int(sum(c["value_prediction"][0] <= c["realised"] <= c["value_prediction"][1] for c in cs))
+
+    scored_on_free = bool(promos) and len(free_promos) == len(promos)
+    scored = (
+        inside_value(free_promos, "pi") / len(promos)
+        if scored_on_free
+        else (float(np.mean(inside_pred)) if promos else float("nan"))
+    )
     paired = [c for c in every if "difference" in c]  # the paired interval of candidate - champion
     inside_diff = [
         c["difference"][1] <= c["realised"] - c["champion_realised"] <= c["difference"][2] for c in paired
@@ -756,11 +800,22 @@ def summarise(
             if every
             else float("nan"),
             "all_learns_with_difference": len(paired),
+            "selection_free_learns": len(free),
+            "selection_free_promotions": len(free_promos),
+            "selection_free_inside_interval": inside_value(free_promos, "ci"),
+            "selection_free_inside_prediction": inside_value(free_promos, "pi"),
+            "selection_free_all_learns_inside": inside_value(free, "ci"),
+            "selection_free_all_learns_inside_prediction": inside_value(free, "pi"),
+            "scored_on": "selection-free estimate rows (ope.json value_estimate)"
+            if scored_on_free
+            else "the decision's own rows",
+            "scored_share_inside_prediction": scored,
             "margin": margin,
-            "met": bool(promos) and float(np.mean(inside_pred)) >= 0.9 and min(drops) >= -abs(margin) - 1e-12,
+            "met": bool(promos) and scored >= 0.9 and min(drops) >= -abs(margin) - 1e-12,
             "rule": "realised value inside the candidate's 95% prediction interval for the next window's mean in "
-            ">= 90% of promotions, and no promoted candidate's realised reward below the replaced champion's (same "
-            "next-window prompts) by more than |margin|",
+            ">= 90% of promotions (the selection-free interval when learn split its held-out rows), and no promoted "
+            "candidate's realised reward below the replaced champion's (same next-window prompts) by more than "
+            "|margin|",
         },
         "c_budget": budget_check(seeds, budget, rate),
     }
@@ -896,6 +951,12 @@ def write_md(result: dict[str, Any], path: Path) -> None:
             if cfg.get("gate") == "difference"
             else f"DR lower bound beats the champion's DR estimate + margin {cfg['margin']}; "
         )
+        + (
+            f"the gate decides on {1 - cfg['estimate_split']:.0%} of the held-out rows and the candidate's reported "
+            f"value comes from the other {cfg['estimate_split']:.0%} (`--estimate-split {cfg['estimate_split']}`); "
+            if cfg.get("estimate_split", 0) > 0
+            else "the gate and the reported value use the same held-out rows (`--estimate-split 0`); "
+        )
         + f"bonus-softmax exploration "
         f"T={cfg['temperature']}, bonus {cfg['bonus']} in both arms; served cost weight {cfg['cost_weight']}. "
         f"Seeds {list(result['seeds'])}. The control serves the same traffic with the static starting policy.",
@@ -912,7 +973,19 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         f"{'met' if a['aiq_met'] else 'not met'}. Rule (either measure): {a['rule']}.",
         "",
         f"(b) **{'met' if b['met'] else 'not met'}**: {b['n_promotions']} promotions in {b['n_learns']} learns; "
-        f"realised value inside the candidate's 95% prediction interval for the next window's mean in "
+        + (
+            f"scored on the selection-free intervals (`value_estimate`, {cfg['estimate_split']:.0%} of the held-out "
+            "rows, which the decision never saw): realised value inside the candidate's 95% prediction interval "
+            f"for the next window's mean in {b['selection_free_inside_prediction']} of {b['n_promotions']} "
+            f"({b['scored_share_inside_prediction']:.0%}; target >= 90%), inside its 95% confidence interval in "
+            f"{b['selection_free_inside_interval']} of {b['n_promotions']}; over every learn inside the "
+            f"prediction interval in {b['selection_free_all_learns_inside_prediction']} of "
+            f"{b['selection_free_learns']}, inside the confidence interval in "
+            f"{b['selection_free_all_learns_inside']}. On the rows that decided (the same-data intervals): "
+            if b.get("selection_free_promotions", 0) and b["selection_free_promotions"] == b["n_promotions"]
+            else ""
+        )
+        + f"realised value inside the candidate's 95% prediction interval for the next window's mean in "
         f"{b.get('inside_prediction', 0)} of {b['n_promotions']} ({b.get('share_inside_prediction', float('nan')):.0%}; "
         f"target >= 90%), inside its 95% confidence interval (for the policy's value, not for a window's mean) in "
         f"{b['inside_interval']} of {b['n_promotions']}; realised reward of the promoted candidate minus the "
@@ -947,12 +1020,19 @@ def write_md(result: dict[str, Any], path: Path) -> None:
             f"{m('static', 'cost_usd', 1e3)} | {m('loop', 'regret')} | {m('static', 'regret')} | "
             f"{m('loop', 'spend_usd')} |"
         )
+    split = float(cfg.get("estimate_split", 0.0))
     lines += [
         "",
         "## Learns",
         "",
         "Estimate and confidence interval (CI): DR of the candidate's greedy policy on the held-out newest "
-        f"{cfg.get('holdout', 0.3):.0%} of the champion's judged decisions, in judged units (rating / 10 minus the "
+        f"{cfg.get('holdout', 0.3):.0%} of the champion's judged decisions"
+        + (
+            f" that decided ({1 - split:.0%} of them; selection-free: the other {split:.0%}, a seeded split)"
+            if split > 0
+            else ""
+        )
+        + ", in judged units (rating / 10 minus the "
         "cost term): an interval for the policy's value. Prediction interval (PI): for the mean it realises on the "
         "next window's prompts, CI half-width x sqrt(1 + n_evaluated / n_next) (`router_rl.ope.prediction_interval`)"
         ". Realised: the candidate's greedy choices on the next window's logged contexts, rewarded by the judge's "
@@ -960,8 +1040,10 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         "`--gate difference`), with its CI and PI, against the realised candidate - champion on the next window.",
         "",
         "| seed | after window | learned | ESS | candidate DR [95% CI] | 95% PI | champion DR | promoted | realised | "
-        "champion realised | in CI | in PI | difference [95% CI] | 95% PI | realised difference | in CI | in PI |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "champion realised | in CI | in PI | difference [95% CI] | 95% PI | realised difference | in CI | in PI |"
+        + (" selection-free DR [95% CI] | 95% PI | in CI | in PI |" if split > 0 else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|---|---|" if split > 0 else ""),
     ]
 
     def yes(low: float, x: float, high: float) -> str:
@@ -993,6 +1075,17 @@ def write_md(result: dict[str, Any], path: Path) -> None:
                 else:
                     dp, rd = c["difference_prediction"], real - c["champion_realised"]
                     row += f"[{dp[0]:+.4f}, {dp[1]:+.4f}] | {rd:+.4f} | {yes(d[1], rd, d[2])} | {yes(dp[0], rd, dp[1])} |"
+            if split > 0:
+                v = c["value"]
+                row += f" {v['estimate']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}] | "
+                if real is None:
+                    row += "- | - | - |"
+                else:
+                    vp = c["value_prediction"]
+                    row += (
+                        f"[{vp[0]:.4f}, {vp[1]:.4f}] | {yes(v['ci_low'], real, v['ci_high'])} | "
+                        f"{yes(vp[0], real, vp[1])} |"
+                    )
             lines.append(row)
     lines += ["", f"![production loop]({path.with_suffix('.png').name})", ""]
     path.write_text("\n".join(lines))
@@ -1075,6 +1168,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="learn's gate: absolute (candidate lower bound > champion + margin) or difference (paired)",
     )
     p.add_argument("--holdout", type=float, default=0.3, help="learn's held-out newest share for the OPE")
+    p.add_argument(
+        "--estimate-split",
+        type=float,
+        default=0.5,
+        help="learn's --estimate-split: share of the held-out rows kept out of the decision for the candidate's "
+        "selection-free value (0: the decision's rows report it, as before)",
+    )
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the OPE intervals")
     p.add_argument("--concurrency", type=int, default=4, help="client connections")
     p.add_argument("--rate", type=float, default=0.0, help="requests per second (0: as fast as served)")
@@ -1206,6 +1306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "margin": opts.margin,
             "gate": opts.gate,
             "holdout": opts.holdout,
+            "estimate_split": opts.estimate_split,
             "level": opts.level,
             "concurrency": opts.concurrency,
             "rate": opts.rate,

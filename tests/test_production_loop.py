@@ -85,10 +85,16 @@ def test_a_tiny_replay_learns_promotes_and_keeps_its_books(tmp_path: Path) -> No
     )  # learn continues from the new champion
     for c in learns:  # the prediction interval for the next window's mean: the CI widened by sqrt(1 + n / m)
         assert c["n_next"] == 80
-        widen = np.sqrt(1 + c["n_evaluated"] / 80)
+        # learn's default split: the decision's estimates on half the held-out rows, the value on the other half
+        v = c["value"]
+        assert v["selection_free"] and c["n_decision"] + v["n"] == c["n_evaluated"]
+        assert c["all_estimates"]["candidate"]["dr"]["n"] == c["n_decision"]
+        widen = np.sqrt(1 + c["n_decision"] / 80)
         assert c["prediction"][1] - c["prediction"][0] == pytest.approx((c["ci_high"] - c["ci_low"]) * widen)
         d, dp = c["difference"], c["difference_prediction"]
         assert dp[1] - dp[0] == pytest.approx((d[2] - d[1]) * widen) and dp[0] <= d[0] <= dp[1]
+        vp, widen_v = c["value_prediction"], np.sqrt(1 + v["n"] / 80)
+        assert vp[1] - vp[0] == pytest.approx((v["ci_high"] - v["ci_low"]) * widen_v)
     b = result["summary"]["b_ope"]
     assert b["n_promotions"] == 2 and b["inside_interval"] == sum(
         c["ci_low"] <= c["realised"] <= c["ci_high"] for c in learns
@@ -97,6 +103,12 @@ def test_a_tiny_replay_learns_promotes_and_keeps_its_books(tmp_path: Path) -> No
         c["prediction"][0] <= c["realised"] <= c["prediction"][1] for c in learns
     )
     assert b["inside_prediction"] >= b["inside_interval"]
+    # target (b) is scored on the selection-free prediction intervals
+    assert b["scored_on"].startswith("selection-free") and b["selection_free_promotions"] == 2
+    assert b["selection_free_inside_prediction"] == sum(
+        c["value_prediction"][0] <= c["realised"] <= c["value_prediction"][1] for c in learns
+    )
+    assert b["scored_share_inside_prediction"] == b["selection_free_inside_prediction"] / 2
     # --rescore recomputes the same intervals and summary from the written result
     from production_loop import rescore
 
