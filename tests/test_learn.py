@@ -238,9 +238,12 @@ def test_learn_split_errors_name_the_option(tmp_path: Path, capsys: pytest.Captu
     args = ["learn", "--log-db", str(log), "--artifact", str(art), "--out", str(tmp_path / "o")]
     assert main([*args, "--estimate-split", "1.5"]) == 2
     assert "estimate_split (--estimate-split) must be in [0, 1)" in capsys.readouterr().err
-    tiny, _ = write_log(tmp_path / "tiny.db", 10, seed=3, dim=16)  # 3 held out: 1 decision row, 2 estimate
-    with pytest.raises(LearnError, match=r"too few to split 50% / 50% \(--estimate-split 0.5\)"):
+    tiny, _ = write_log(tmp_path / "tiny.db", 10, seed=3, dim=16)  # 3 held out: 2 decision rows, 1 estimate
+    with pytest.raises(LearnError, match=r"too few to split 70% / 30% \(--estimate-split 0.3\)"):
         learn(str(tiny), art, tmp_path / "tiny")
+    big, _ = write_log(tmp_path / "big.db", 1500, seed=1, dim=16)  # 2 estimate rows, neither logged on big
+    with pytest.raises(LearnError, match=r"the 2 estimate rows \(--estimate-split 0.005\) cannot estimate"):
+        learn(str(big), art, tmp_path / "few", estimate_split=0.005)
     assert main([*args, "--estimate-split", "0.4", "--split-seed", "7"]) == 0
     rep = json.loads((tmp_path / "o" / "ope.json").read_text())
     assert rep["split"]["seed"] == 7 and rep["split"]["n_estimate"] == round(0.4 * rep["n_evaluated"])

@@ -85,7 +85,7 @@ def test_a_tiny_replay_learns_promotes_and_keeps_its_books(tmp_path: Path) -> No
     )  # learn continues from the new champion
     for c in learns:  # the prediction interval for the next window's mean: the CI widened by sqrt(1 + n / m)
         assert c["n_next"] == 80
-        # learn's default split: the decision's estimates on half the held-out rows, the value on the other half
+        # learn's default split: the decision's estimates on 70% of the held-out rows, the value on the rest
         v = c["value"]
         assert v["selection_free"] and c["n_decision"] + v["n"] == c["n_evaluated"]
         assert c["all_estimates"]["candidate"]["dr"]["n"] == c["n_decision"]
