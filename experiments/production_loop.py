@@ -1170,10 +1170,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="learn's gate: absolute (candidate lower bound > champion + margin) or difference (paired)",
     )
     p.add_argument("--holdout", type=float, default=0.3, help="learn's held-out newest share for the OPE")
+    from router_rl.learn import ESTIMATE_SPLIT
+
     p.add_argument(
         "--estimate-split",
         type=float,
-        default=0.3,
+        default=ESTIMATE_SPLIT,
         help="learn's --estimate-split: share of the held-out rows kept out of the decision for the candidate's "
         "selection-free value (0: the decision's rows report it, as before)",
     )
