@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,16 +180,20 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ distillation
 def distill_settings(
-    dim: int = 256, sif_coefficient: float | None = 1e-5, max_vocab: int | None = None
+    dim: int = 256,
+    sif_coefficient: float | None = 1e-5,
+    max_vocab: int | None = None,
+    fit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The settings that define a distilled encoder (and its cache key)."""
+    """The settings that define a distilled encoder (and its cache key); ``fit`` (see :func:`fit_settings`)
+    adds a ``fit`` block, absent when off, so the plain distillation keeps its id."""
     if int(dim) < 1:
         raise ValueError(f"static encoder dim must be >= 1, got {dim}")
     if sif_coefficient is not None and not 0.0 < float(sif_coefficient) < 1.0:
         raise ValueError(f"sif_coefficient must be in (0, 1) or null, got {sif_coefficient}")
     if max_vocab is not None and int(max_vocab) < 2:
         raise ValueError(f"max_vocab must be >= 2 tokens or null, got {max_vocab}")
-    return {
+    settings = {
         "version": DISTILL_VERSION,
         "dim": int(dim),
         "sif_coefficient": None if sif_coefficient is None else float(sif_coefficient),
@@ -198,6 +202,10 @@ def distill_settings(
         "pooling": "the source's pooled output, before normalisation",
         "dtype": "float16-rounded",
     }
+    fitted = fit_settings(fit)
+    if fitted is not None:
+        settings["fit"] = fitted
+    return settings
 
 
 def static_id(source: str, settings: dict[str, Any], source_fingerprint: str) -> str:
@@ -212,13 +220,14 @@ def distilled_dir(
     dim: int = 256,
     sif_coefficient: float | None = 1e-5,
     max_vocab: int | None = None,
+    fit: Mapping[str, Any] | None = None,
     cache_dir: str | Path | None = None,
 ) -> tuple[Path, str]:
     """(where the distilled model of ``source`` lives in the cache, its encoder id); nothing is built."""
     from router_rl.embeddings import default_cache_dir, resolve_encoder
     from router_rl.onnx_encoder import model_fingerprint
 
-    settings = distill_settings(dim, sif_coefficient, max_vocab)
+    settings = distill_settings(dim, sif_coefficient, max_vocab, fit)
     encoder_id = static_id(source, settings, model_fingerprint(resolve_encoder(source)))
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_id)[-100:]
@@ -231,6 +240,7 @@ def distill(
     dim: int = 256,
     sif_coefficient: float | None = 1e-5,
     max_vocab: int | None = None,
+    fit: Mapping[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     device: str | None = "auto",
     batch_size: int = 1024,
@@ -245,20 +255,23 @@ def distill(
         max_vocab: distil only the ``max_vocab`` lowest-ranked tokens (special and ``[unusedN]`` tokens left
             out; in a WordPiece vocabulary, single characters and then the most frequent words); the rest get
             zero vectors. For tests.
+        fit: off when None (the default); else the settings of :func:`fit_tokens` (:func:`fit_settings`): the
+            distilled table fitted so its sentence embeddings regress the source's on a corpus of prompts.
         cache_dir: the cache root (default ``$ROUTER_RL_CACHE`` or ``~/.cache/router-rl``).
         device: where the source runs while distilling (``auto``: cuda when present).
         batch_size: vocabulary tokens per forward pass.
     """
     out, encoder_id = distilled_dir(
-        source, dim=dim, sif_coefficient=sif_coefficient, max_vocab=max_vocab, cache_dir=cache_dir
+        source, dim=dim, sif_coefficient=sif_coefficient, max_vocab=max_vocab, fit=fit, cache_dir=cache_dir
     )
     if (out / SIDE_CAR).is_file():
         return out, encoder_id
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".distill-", dir=out.parent))
     try:
-        _build(source, staging, distill_settings(dim, sif_coefficient, max_vocab), encoder_id,
-               device=device, batch_size=batch_size, show_progress=show_progress)  # fmt: skip
+        _build(source, staging, distill_settings(dim, sif_coefficient, max_vocab, fit), encoder_id,
+               device=device, batch_size=batch_size, show_progress=show_progress,
+               cache_dir=cache_dir)  # fmt: skip
         staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         try:
             os.rename(staging, out)
@@ -330,6 +343,7 @@ def _build(
     device: str | None,
     batch_size: int,
     show_progress: bool,
+    cache_dir: str | Path | None = None,
 ) -> None:
     import re
 
@@ -372,10 +386,29 @@ def _build(
     if settings["sif_coefficient"] is not None:
         reduced *= sif_weights(len(keep), settings["sif_coefficient"])[:, None]
     table = np.zeros((vocab_size, reduced.shape[1]), dtype=np.float32)
-    table[keep] = reduced.astype(np.float16).astype(np.float32)  # stored exactly as float16 in artifacts
+    table[keep] = reduced
     tokenizer = Tokenizer.from_str(backend.to_str())
     tokenizer.no_padding()
     tokenizer.no_truncation()
+    fit_report = None
+    if settings.get("fit") is not None:
+        spec = settings["fit"]
+        texts = corpus_texts(spec["corpus"])
+        targets = source_embeddings(source, texts, spec, device=device, cache_dir=cache_dir,
+                                    show_progress=show_progress)  # fmt: skip
+        special = len(st.tokenizer("a")["input_ids"]) - 1  # [CLS] and [SEP]: the source's budget is less
+        budget = int(spec["target_max_seq_length"]) - special
+        pieces = [e.ids[:budget] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        trainable = np.zeros(vocab_size, dtype=bool)
+        trainable[keep] = True
+        print(
+            f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
+            f"{spec['corpus']} prompts ({spec['epochs']} epochs, CPU; once per machine)",
+            flush=True,
+        )
+        table, fit_report = fit_tokens(table, pieces, targets, trainable=trainable, show_progress=show_progress,
+                                       **{k: spec[k] for k in FIT_ARGS})  # fmt: skip
+    table = table.astype(np.float16).astype(np.float32)  # stored exactly as float16 in artifacts
     model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=table), Normalize()])
     model.save(str(out))
     sidecar = {
@@ -388,7 +421,269 @@ def _build(
         "source_dim": int(raw.shape[1]) if raw.size else None,
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
+    if fit_report is not None:
+        sidecar["fit"] = fit_report
     (out / SIDE_CAR).write_text(json.dumps(sidecar, indent=2))
+
+
+# ------------------------------------------------------------------------------------------ fitting
+FIT_CORPORA = {
+    "routellm": "routellm_gpt4_vs_mixtral_prompts.jsonl.gz"
+}  # bundled prompts (router_rl/datasets)
+FIT_ARGS = (
+    "epochs",
+    "lr",
+    "anchor",
+    "batch_size",
+    "holdout",
+    "seed",
+)  # fit_settings' keys that fit_tokens takes
+FIT_DEFAULTS: dict[str, Any] = {
+    "corpus": "routellm",
+    "epochs": 5,
+    "lr": 1e-2,
+    "anchor": 0.0,
+    "batch_size": 256,
+    "holdout": 0.1,
+    "seed": 0,
+    "target_max_seq_length": 256,
+}
+
+
+def corpus_texts(corpus: str | Path) -> list[str]:
+    """The distinct prompts of a fit corpus, in file order: a bundled one by name (``routellm``) or a
+    ``.jsonl``/``.jsonl.gz`` file of objects with a ``prompt`` field."""
+    import gzip
+
+    name = str(corpus)
+    if name in FIT_CORPORA:
+        path = Path(__file__).resolve().parent / "datasets" / FIT_CORPORA[name]
+    else:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise StaticEncoderError(f"fit corpus {name!r}: not one of {sorted(FIT_CORPORA)} nor a file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    seen: dict[str, None] = {}
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                text = str(json.loads(line)["prompt"])
+                if text.strip():
+                    seen.setdefault(text, None)
+    if len(seen) < 10:
+        raise StaticEncoderError(f"fit corpus {name!r}: {len(seen)} prompts, need at least 10")
+    return list(seen)
+
+
+def corpus_digest(texts: Sequence[str]) -> str:
+    """sha256 of a corpus's prompts (order included): what the fit's cache key names."""
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def fit_settings(fit: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The fit block of the settings (None: off): :data:`FIT_DEFAULTS` completed by ``fit``, checked, with the
+    corpus's digest, so another corpus or setting is another encoder."""
+    if fit is None or fit is False or (isinstance(fit, Mapping) and not fit.get("enabled", True)):
+        return None
+    given = {k: v for k, v in dict(fit).items() if k != "enabled"}
+    unknown = sorted(set(given) - set(FIT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown static fit settings {unknown}; known: {sorted(FIT_DEFAULTS)}")
+    spec = {**FIT_DEFAULTS, **given}
+    out = {
+        "corpus": str(spec["corpus"]),
+        "epochs": int(spec["epochs"]),
+        "lr": float(spec["lr"]),
+        "anchor": float(spec["anchor"]),
+        "batch_size": int(spec["batch_size"]),
+        "holdout": float(spec["holdout"]),
+        "seed": int(spec["seed"]),
+        "target_max_seq_length": int(spec["target_max_seq_length"]),
+    }
+    if out["epochs"] < 1 or out["lr"] <= 0 or out["batch_size"] < 1 or out["target_max_seq_length"] < 3:
+        raise ValueError(
+            f"static fit: epochs, lr, batch_size must be positive, target_max_seq_length >= 3: {out}"
+        )
+    if out["anchor"] < 0:
+        raise ValueError(f"static fit anchor must be >= 0, got {out['anchor']}")
+    if not 0.0 <= out["holdout"] < 1.0:
+        raise ValueError(f"static fit holdout must be in [0, 1), got {out['holdout']}")
+    out["corpus_sha256"] = corpus_digest(corpus_texts(out["corpus"]))
+    out["method"] = "Adam on token vectors and a linear map, 1 - cosine to the source's sentence embedding"
+    out["projection"] = "the fitted corpus embeddings' leading dim right singular vectors (uncentred)"
+    return out
+
+
+def source_embeddings(
+    source: str,
+    texts: Sequence[str],
+    spec: Mapping[str, Any],
+    *,
+    device: str | None,
+    cache_dir: str | Path | None,
+    show_progress: bool,
+) -> np.ndarray:
+    """(N, H) unit sentence embeddings of ``texts`` by the transformer ``source``, as training embeds plain
+    prompts (torch, truncated to ``target_max_seq_length``), through the embedding cache."""
+    from router_rl.embeddings import Embedder, default_cache_dir
+
+    embedder = Embedder(
+        source,
+        backend="torch",
+        device=device,
+        max_seq_length=int(spec["target_max_seq_length"]),
+        cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
+        show_progress=show_progress,
+    )
+    return embedder.encode(list(texts))
+
+
+def _bags(pieces: Sequence[np.ndarray], rows: np.ndarray) -> tuple[Any, Any]:
+    import torch
+
+    chosen = [pieces[i] for i in rows]
+    offsets = np.zeros(len(chosen), dtype=np.int64)
+    np.cumsum([len(p) for p in chosen[:-1]], out=offsets[1:])
+    return torch.from_numpy(np.concatenate(chosen).astype(np.int64)), torch.from_numpy(offsets)
+
+
+def _cosine_loss(table: Any, pieces: Sequence[np.ndarray], rows: np.ndarray, targets: Any,
+                 back: Any = None) -> float:  # fmt: skip
+    """Mean 1 - cos(mean of the rows' token vectors [@ back], target) over ``rows`` (no gradient)."""
+    import torch
+
+    with torch.no_grad():
+        losses = []
+        for start in range(0, len(rows), 2048):
+            part = rows[start : start + 2048]
+            flat, offsets = _bags(pieces, part)
+            pred = torch.nn.functional.embedding_bag(flat, table, offsets, mode="mean")
+            if back is not None:
+                pred = pred @ back
+            losses.append(1.0 - torch.nn.functional.cosine_similarity(pred, targets[part], dim=1))
+        return float(torch.cat(losses).mean()) if losses else float("nan")
+
+
+def fit_tokens(
+    table: np.ndarray,
+    pieces: Sequence[Sequence[int]],
+    targets: np.ndarray,
+    *,
+    epochs: int = 5,
+    lr: float = 1e-2,
+    anchor: float = 0.0,
+    batch_size: int = 256,
+    holdout: float = 0.1,
+    seed: int = 0,
+    trainable: np.ndarray | None = None,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit a (V, d) token table so that its sentence embeddings (the mean of a text's token vectors, as
+    :class:`StaticEncoder` computes) regress ``targets``, the source's (N, H) sentence embeddings of the texts
+    whose token ids are ``pieces`` (tokenlearn's idea).
+
+    The model is ``normalise(mean(E[tokens]) @ M)``: ``E`` starts from ``table`` (rescaled to unit RMS: the
+    scale changes no direction), ``M`` (d, H) from the least-squares map (ridge: 1e-3 of the mean
+    eigenvalue) of the table's unit sentence embeddings onto the targets; Adam minimises the mean
+    ``1 - cosine`` over a random ``1 - holdout`` of the texts (mini-batches of ``batch_size``, ``epochs``
+    passes; rows outside ``trainable`` keep their vectors; after each step the vectors decay towards their
+    start by ``lr * anchor`` of the difference). The
+    fitted table ``E @ M`` is then projected on the leading ``d`` right singular vectors ``U`` of its
+    training texts' unit embeddings (a linear map: the result is still a token table to average).
+
+    Returns (the (V, d) float32 table, a report): the held-out loss of the distilled table with its
+    least-squares map (``heldout_loss_distilled``), of the fitted one before projection
+    (``heldout_loss_fitted``) and after (``heldout_loss``, the projection read back through ``U.T``), the
+    training loss before and after, and the sizes.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    table = np.asarray(table, dtype=np.float32)
+    targets = np.asarray(targets, dtype=np.float32)
+    if len(pieces) != len(targets):
+        raise ValueError(f"{len(pieces)} texts, {len(targets)} target embeddings")
+    arrays = [np.asarray(p, dtype=np.int64) for p in pieces]
+    usable = np.array([i for i, p in enumerate(arrays) if len(p)], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(usable)
+    n_held = int(round(holdout * len(order)))
+    held, train = np.sort(order[:n_held]), order[n_held:]
+    if len(train) < 2:
+        raise ValueError(f"static fit: {len(train)} training texts with tokens; need at least 2")
+    torch.manual_seed(seed)
+    mask = (
+        torch.ones(len(table), 1)
+        if trainable is None
+        else torch.from_numpy(trainable.astype(np.float32))[:, None]
+    )
+    scale = float(np.sqrt(np.mean(table[np.abs(table).sum(axis=1) > 0] ** 2))) or 1.0
+    weight = torch.nn.Parameter(torch.from_numpy(table / scale))
+    initial = weight.detach().clone()
+    y = torch.from_numpy(targets)
+    # the distilled table's best linear map: the start, and the baseline the fit has to beat
+    flat, offsets = _bags(arrays, train)
+    with torch.no_grad():
+        x = torch.nn.functional.normalize(
+            torch.nn.functional.embedding_bag(flat, weight, offsets, mode="mean")
+        )
+    # ridge, 1e-3 of the mean eigenvalue: near-collinear embeddings (few or similar texts) would otherwise give
+    # a huge map, which Adam's fixed step sizes cannot fine-tune
+    gram = x.double().T @ x.double()
+    ridge = 1e-3 * float(torch.trace(gram)) / len(gram)
+    start_map = torch.linalg.solve(
+        gram + ridge * torch.eye(len(gram), dtype=gram.dtype), x.double().T @ y[train].double()
+    )
+    start_map = start_map.float()
+    linear = torch.nn.Parameter(start_map.clone())
+    report: dict[str, Any] = {
+        "n_train": len(train),
+        "n_heldout": len(held),
+        "train_loss_distilled": _cosine_loss(weight, arrays, train, y, linear),
+        "heldout_loss_distilled": _cosine_loss(weight, arrays, held, y, linear),
+    }
+    optimiser = torch.optim.Adam([weight, linear], lr=lr)
+    steps = (len(train) + batch_size - 1) // batch_size
+    bar = tqdm(total=epochs * steps, desc="fitting static tokens", disable=not show_progress)
+    curve = []
+    for _ in range(epochs):
+        perm = rng.permutation(train)
+        for start in range(0, len(perm), batch_size):
+            rows = perm[start : start + batch_size]
+            flat, offsets = _bags(arrays, rows)
+            pred = torch.nn.functional.embedding_bag(flat, weight, offsets, mode="mean") @ linear
+            loss = (1.0 - torch.nn.functional.cosine_similarity(pred, y[rows], dim=1)).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            weight.grad.mul_(mask)
+            optimiser.step()
+            if anchor:  # decoupled decay towards the distilled vectors (AdamW's, about the start)
+                with torch.no_grad():
+                    weight.sub_(lr * anchor * (weight - initial))
+            bar.update(1)
+        curve.append(round(_cosine_loss(weight, arrays, held, y, linear), 6) if len(held) else None)
+    bar.close()
+    with torch.no_grad():
+        fitted = (weight * mask) @ linear  # (V, H); untrainable rows stay as the map sends them (zero: zero)
+        flat, offsets = _bags(arrays, train)
+        emb = torch.nn.functional.normalize(
+            torch.nn.functional.embedding_bag(flat, fitted, offsets, mode="mean")
+        )
+        dim = min(table.shape[1], fitted.shape[1])
+        _, _, vt = np.linalg.svd(emb.double().numpy(), full_matrices=False)
+        vt = vt[:dim]
+        vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+        basis = torch.from_numpy(vt.T.astype(np.float32))  # (H, dim)
+        out = fitted @ basis
+        report.update(
+            train_loss=_cosine_loss(out, arrays, train, y, basis.T),
+            heldout_loss_fitted=_cosine_loss(fitted, arrays, held, y),
+            heldout_loss=_cosine_loss(out, arrays, held, y, basis.T),
+            heldout_curve=curve,
+        )
+    out = out.numpy().astype(np.float32)
+    out /= float(np.sqrt(np.mean(out[np.abs(out).sum(axis=1) > 0] ** 2))) or 1.0  # unit RMS: float16-safe
+    return out, report
 
 
 # ------------------------------------------------------------------------------------------ artifacts

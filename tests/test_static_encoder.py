@@ -202,3 +202,114 @@ def test_embedder_static_config_distils_and_trains(tmp_path: Path, monkeypatch) 
     )
     assert embedder.encode(["the of and"]).shape == (1, 8)
     assert (tmp_path / "static").is_dir()
+
+
+# ------------------------------------------------------------------------------------------ fitting
+def test_fitting_reduces_the_held_out_regression_loss_and_is_deterministic() -> None:
+    """Targets from a hidden token table: the fit moves the start's sentence embeddings towards them."""
+    from router_rl.static_encoder import fit_tokens
+
+    rng = np.random.default_rng(0)
+    vocab, dim, target_dim = 60, 8, 12
+    hidden = rng.normal(size=(vocab, target_dim)).astype(np.float32)
+    start = rng.normal(size=(vocab, dim)).astype(np.float32)
+    start[-5:] = 0.0  # tokens kept out of the fit (as special tokens are)
+    trainable = np.ones(vocab, dtype=bool)
+    trainable[-5:] = False
+    pieces = [list(rng.integers(0, vocab - 5, size=int(rng.integers(2, 9)))) for _ in range(600)]
+    targets = np.stack([hidden[p].mean(axis=0) for p in pieces])
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    kwargs = {"epochs": 15, "lr": 3e-2, "batch_size": 32, "holdout": 0.2, "seed": 1, "trainable": trainable}
+    table, report = fit_tokens(start, pieces, targets, **kwargs)
+    assert table.shape == (vocab, dim) and table.dtype == np.float32 and not table[-5:].any()
+    assert report["n_heldout"] == 120 and report["n_train"] == 480
+    assert report["heldout_loss"] < 0.5 * report["heldout_loss_distilled"]
+    assert report["train_loss"] < report["train_loss_distilled"]
+    assert len(report["heldout_curve"]) == 15
+    again, report_again = fit_tokens(start, pieces, targets, **kwargs)
+    np.testing.assert_array_equal(again, table)
+    assert report_again == report
+    with pytest.raises(ValueError, match="target embeddings"):
+        fit_tokens(start, pieces, targets[:-1])
+
+
+def test_fit_settings_name_the_corpus_and_stay_out_of_the_plain_key(tmp_path: Path) -> None:
+    from router_rl.static_encoder import distill_settings, fit_settings
+
+    corpus = tmp_path / "prompts.jsonl"
+    corpus.write_text("".join(json.dumps({"prompt": f"prompt number {i}"}) + "\n" for i in range(12)))
+    assert "fit" not in distill_settings() and fit_settings(None) is None
+    assert fit_settings({"enabled": False, "corpus": str(corpus)}) is None
+    spec = distill_settings(fit={"corpus": str(corpus), "epochs": 2})["fit"]
+    assert spec["epochs"] == 2 and len(spec["corpus_sha256"]) == 64
+    corpus.write_text(corpus.read_text() + json.dumps({"prompt": "one more"}) + "\n")
+    assert fit_settings({"corpus": str(corpus), "epochs": 2})["corpus_sha256"] != spec["corpus_sha256"]
+    with pytest.raises(ValueError, match="unknown static fit settings"):
+        fit_settings({"corpus": str(corpus), "epoch": 2})
+    with pytest.raises(ValueError, match="anchor"):
+        fit_settings({"corpus": str(corpus), "anchor": -1})
+    assert len(fit_settings({})["corpus_sha256"]) == 64  # the bundled RouteLLM prompts by default
+
+
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "in",
+    "to",
+    "was",
+    "he",
+    "she",
+    "it",
+    "is",
+    "for",
+    "on",
+    "as",
+    "with",
+    "by",
+    "his",
+    "her",
+    "at",
+    "from",
+    "that",
+    "were",
+    "which",
+    "are",
+    "this",
+]
+
+
+def test_distillation_with_a_fit_builds_its_own_cached_model(
+    distilled: dict, tmp_path: Path, monkeypatch
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    import router_rl.static_encoder as static_encoder
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "prompts.jsonl"
+    lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(80)]
+    corpus.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in lines))
+    fit = {"corpus": str(corpus), "epochs": 3, "lr": 1e-3, "batch_size": 16}
+    kwargs = {"dim": 32, "max_vocab": 1400, "cache_dir": distilled["cache"], "device": "cpu"}
+    path, encoder_id = distill(DEFAULT_ENCODER, fit=fit, **kwargs)
+    assert path != distilled["path"] and encoder_id != distilled["id"]
+    sidecar = json.loads((path / "router_rl_static.json").read_text())
+    assert sidecar["settings"]["fit"]["epochs"] == 3 and sidecar["id"] == encoder_id
+    report = sidecar["fit"]
+    assert report["n_heldout"] == 8 and report["train_loss"] < report["train_loss_distilled"]
+    enc = StaticEncoder.load(path)
+    assert enc.vectors.shape[1] == 32 and not enc.vectors[5000:].any()  # tokens outside the fit stay zero
+    assert np.array_equal(enc.vectors.astype(np.float16).astype(np.float32), enc.vectors)
+    plain = StaticEncoder.load(distilled["path"])
+    assert not np.allclose(enc.encode(lines[:4]), plain.encode(lines[:4]), atol=1e-3)
+    st = SentenceTransformer(str(path), device="cpu")
+    np.testing.assert_allclose(
+        st.encode(lines[:4], normalize_embeddings=True), enc.encode(lines[:4]), atol=1e-6
+    )
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(static_encoder, "fit_tokens", no_refit)
+    assert distill(DEFAULT_ENCODER, fit=fit, **kwargs) == (path, encoder_id)  # cached
