@@ -13,6 +13,11 @@ vocabulary (WordPiece vocabularies list words roughly by frequency); the weights
 once, so the artifact can store them exactly. The result is a sentence-transformers model directory
 (loadable by ``SentenceTransformer(path)`` too), cached under ``<cache>/static/`` keyed by the sha256 of the
 source model's files and the settings, so it is built once per machine.
+
+With ``fit`` (opt-in, off by default) the distilled table is then fitted to the source's sentence embeddings
+of a corpus of prompts (tokenlearn's idea, :func:`fit_tokens`: the mean of a prompt's token vectors, through
+a linear map, regresses the source's embedding of the prompt; then projected back to ``dim``), by default
+the bundled RouteLLM prompts (no labels); the fit settings and the corpus's sha256 join the cache key.
 """
 
 from __future__ import annotations
@@ -394,6 +399,12 @@ def _build(
     if settings.get("fit") is not None:
         spec = settings["fit"]
         texts = corpus_texts(spec["corpus"])
+        print(
+            f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
+            f"{spec['corpus']} prompts (the source encodes those not in the embedding cache first; then "
+            f"{spec['epochs']} epochs on CPU, about 6 s each for 15,000 prompts; once per machine)",
+            flush=True,
+        )
         targets = source_embeddings(source, texts, spec, device=device, cache_dir=cache_dir,
                                     show_progress=show_progress)  # fmt: skip
         special = len(st.tokenizer("a")["input_ids"]) - 1  # [CLS] and [SEP]: the source's budget is less
@@ -401,11 +412,6 @@ def _build(
         pieces = [e.ids[:budget] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
         trainable = np.zeros(vocab_size, dtype=bool)
         trainable[keep] = True
-        print(
-            f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
-            f"{spec['corpus']} prompts ({spec['epochs']} epochs, CPU; once per machine)",
-            flush=True,
-        )
         table, fit_report = fit_tokens(table, pieces, targets, trainable=trainable, show_progress=show_progress,
                                        **{k: spec[k] for k in FIT_ARGS})  # fmt: skip
     table = table.astype(np.float16).astype(np.float32)  # stored exactly as float16 in artifacts
