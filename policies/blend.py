@@ -15,7 +15,12 @@ routes the held-out rows best (Breiman, 1996, "Stacked regressions", with one we
 and the routing objective as the loss): ``stack_by: aiq`` (default) takes the blend's greedy choice on every
 out-of-fold row at each cost weight of a 0 and 10^-3..10^3 sweep, and scores the sweep's (mean cost, mean
 quality) points by their AIQ on the rows' recorded outcomes (:func:`router_rl.metrics.aiq`); ``stack_by:
-mse`` takes the least squared error of the blended quality predictions instead. Bandit feedback then moves the linear heads as in
+mse`` takes the least squared error of the blended quality predictions instead. With ``stack_from`` (a weight,
+0.5 in the default config) the choice starts there and moves only on evidence: the best-scoring grid value
+(at most ``stack_max``) replaces it only when the paired bootstrap over the out-of-fold rows
+(:func:`router_rl.metrics.paired_bootstrap_aiq`, or of the squared errors for ``mse``) puts its gain over
+``stack_from`` above zero at ``stack_level``. A few hundred warm-start rows rarely clear that bar (the
+out-of-fold scores of neighbouring weights differ by less than their noise), thousands do. Bandit feedback then moves the linear heads as in
 :class:`~router_rl.policies.lowrank.LowRankLinUCB` (Woodbury updates, periodic refits of the shared prior);
 the network stays as fitted, so learning online stays a bounded, inspectable linear update. Exploration is the
 LinUCB bonus of the linear heads, scaled by their share: alpha (1 - beta) sqrt(x^T A_k^{-1} x).
@@ -50,21 +55,32 @@ MLP_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _sweep_outcomes(est: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W, N) recorded quality and cost of the greedy choices of estimates ``est`` (2, N, K: quality, cost)
+    at every weight of :data:`STACK_SWEEP`, on the N rows whose every outcome is recorded (``quality``,
+    ``cost`` (rows, K), cost normalised)."""
+    rows = np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
+    q, c, eq, ec = quality[rows], cost[rows], est[0][rows], est[1][rows]
+    picks = np.stack([np.argmax(eq - w * ec, axis=1) for w in STACK_SWEEP])  # (W, N)
+    at = np.arange(len(q))[None, :]
+    return q[at, picks], c[at, picks]
+
+
+def _sweep_max_cost(cost: np.ndarray, *point_costs: np.ndarray) -> float:
+    """The right end of the AIQ integral: the largest point cost or single model's mean cost (complete rows)."""
+    full = cost[np.isfinite(cost).all(axis=1)]
+    return float(max(max(float(p.mean(axis=1).max()) for p in point_costs), full.mean(axis=0).max()))
+
+
 def _routing_aiq(est: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> float:
     """AIQ of the greedy choices of estimates ``est`` (2, N, K: quality, cost) over :data:`STACK_SWEEP`, on
     the rows whose every outcome is recorded (``quality``, ``cost`` (N, K), cost normalised)."""
     from router_rl.metrics import aiq
 
-    rows = np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
-    q, c, eq, ec = quality[rows], cost[rows], est[0][rows], est[1][rows]
-    if len(q) == 0:
+    q, c = _sweep_outcomes(est, quality, cost)
+    if q.shape[1] == 0:
         return 0.0
-    points = []
-    for w in STACK_SWEEP:
-        pick = np.argmax(eq - w * ec, axis=1)
-        points.append((c[np.arange(len(q)), pick].mean(), q[np.arange(len(q)), pick].mean()))
-    pc, pq = np.array(points).T
-    return aiq(pc, pq, max_cost=float(max(pc.max(), c.mean(axis=0).max())))
+    return aiq(c.mean(axis=1), q.mean(axis=1), max_cost=_sweep_max_cost(cost, c))
 
 
 class BlendLinUCB(LowRankLinUCB):
@@ -77,6 +93,12 @@ class BlendLinUCB(LowRankLinUCB):
             ``"auto"``: chosen at the warm start by out-of-fold stacking (see the module docstring).
         stack_folds: folds of the warm-start rows for ``mlp_weight: auto`` (>= 2).
         stack_by: ``aiq`` or ``mse``, what ``mlp_weight: auto`` optimises (see the module docstring).
+        stack_from: ``mlp_weight: auto`` keeps this weight unless the out-of-fold gain of the best grid value
+            over it is significant (None: the best grid value, however small its lead).
+        stack_max: the largest grid value ``mlp_weight: auto`` may choose (below 1 keeps the linear heads,
+            which bandit feedback and ``router-rl learn`` move, a share).
+        stack_level: the two-sided level of the bootstrap interval that must exclude zero.
+        stack_boot: bootstrap resamples of that test.
         mlp: the network's settings (``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``; see
             :class:`~router_rl.policies.mlp.MLPRouter`).
         device: where the network trains (``auto``: cuda when available).
@@ -99,6 +121,10 @@ class BlendLinUCB(LowRankLinUCB):
         mlp_weight: float | str = 0.5,
         stack_folds: int = 3,
         stack_by: str = "aiq",
+        stack_from: float | None = None,
+        stack_max: float = 1.0,
+        stack_level: float = 0.95,
+        stack_boot: int = 500,
         mlp: dict[str, Any] | None = None,
         device: str = "auto",
         seed: int = 0,
@@ -125,6 +151,16 @@ class BlendLinUCB(LowRankLinUCB):
             raise ValueError(f"{self.name}: stack_by must be one of {STACK_BY}, got {stack_by!r}")
         if int(stack_folds) < 2:
             raise ValueError(f"{self.name}: stack_folds must be >= 2, got {stack_folds}")
+        if not 0.0 <= float(stack_max) <= 1.0:
+            raise ValueError(f"{self.name}: stack_max must lie in [0, 1], got {stack_max}")
+        if stack_from is not None and not 0.0 <= float(stack_from) <= float(stack_max):
+            raise ValueError(
+                f"{self.name}: stack_from must lie in [0, stack_max={stack_max}] or be null, got {stack_from}"
+            )
+        if not 0.0 < float(stack_level) < 1.0:
+            raise ValueError(f"{self.name}: stack_level must lie in (0, 1), got {stack_level}")
+        if int(stack_boot) < 10:
+            raise ValueError(f"{self.name}: stack_boot must be >= 10 resamples, got {stack_boot}")
         unknown = sorted(set(mlp or {}) - set(MLP_DEFAULTS))
         if unknown:
             raise ValueError(
@@ -132,6 +168,9 @@ class BlendLinUCB(LowRankLinUCB):
             )
         self.mlp_weight = 0.5 if self.auto_weight else float(mlp_weight)  # auto: set by the warm start
         self.stack_folds, self.stack_by = int(stack_folds), str(stack_by)
+        self.stack_from = None if stack_from is None else float(stack_from)
+        self.stack_max, self.stack_level = float(stack_max), float(stack_level)
+        self.stack_boot = int(stack_boot)
         self.stacking: dict[str, Any] | None = None  # auto: the grid and its out-of-fold scores
         self.mlp_config = {**MLP_DEFAULTS, **dict(mlp or {})}
         self.mlp_config["hidden"] = [int(h) for h in self.mlp_config["hidden"]]
@@ -180,13 +219,13 @@ class BlendLinUCB(LowRankLinUCB):
             self.fitted = True
 
     def _stacked_weight(self, x, quality, cost, latency, weight: float) -> float:
-        """beta minimising the out-of-fold squared error of the blended quality predictions (see the module)."""
+        """beta chosen by out-of-fold stacking (see the module docstring); ``self.stacking`` records why."""
         x, quality = np.asarray(x), np.asarray(quality, dtype=np.float64)
         n = len(x)
         folds = np.random.default_rng([self.seed, 11]).permutation(n) % self.stack_folds
-        if n < 2 * self.stack_folds:  # too few rows to hold any out: an even blend
+        if n < 2 * self.stack_folds:  # too few rows to hold any out: the prior, else an even blend
             self.stacking = {"by": self.stack_by, "grid": None, "scores": None, "rows": n}
-            return 0.5
+            return 0.5 if self.stack_from is None else self.stack_from
         cost = np.asarray(cost, dtype=np.float64)
         linear_oof = np.full((2, *quality.shape), np.nan)  # quality and cost estimates
         net_oof = np.full((2, *quality.shape), np.nan)
@@ -205,14 +244,61 @@ class BlendLinUCB(LowRankLinUCB):
             linear_oof[:, held] = part.estimates(x[held])[:2]
             net = self._new_net().fit(x[fit], quality[fit], cost[fit], latency[fit])
             net_oof[:, held] = net.estimates(x[held])[:2]
-        blends = [(1 - b) * linear_oof + b * net_oof for b in STACK_GRID]
+        grid = STACK_GRID[STACK_GRID <= self.stack_max + 1e-12]  # noqa: SIM300
+        blends = [(1 - b) * linear_oof + b * net_oof for b in grid]
+        scores = [self._stack_score(est, quality, cost) for est in blends]
+        best = float(grid[int(np.argmax(scores))])
+        self.stacking = {
+            "by": self.stack_by,
+            "grid": grid.tolist(),
+            "scores": scores,
+            "rows": n,
+            "best": best,
+        }
+        if self.stack_from is None or best == self.stack_from:
+            return best
+        prior = (1 - self.stack_from) * linear_oof + self.stack_from * net_oof
+        test = self._stack_test(blends[int(np.argmax(scores))], prior, quality, cost)
+        moved = bool(test["low"] > 0.0)
+        self.stacking.update(
+            {"from": self.stack_from, "level": self.stack_level, "test": test, "moved": moved}
+        )
+        return best if moved else self.stack_from
+
+    def _stack_score(self, est: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> float:
+        """The out-of-fold score of blended estimates ``est`` (2, N, K): routing AIQ, or minus the MSE."""
         if self.stack_by == "mse":
             seen = np.isfinite(quality)
-            scores = [-float(np.mean((est[0] - quality)[seen] ** 2)) for est in blends]
-        else:
-            scores = [_routing_aiq(est, quality, cost) for est in blends]
-        self.stacking = {"by": self.stack_by, "grid": STACK_GRID.tolist(), "scores": scores, "rows": n}
-        return float(STACK_GRID[int(np.argmax(scores))])
+            return -float(np.mean((est[0] - quality)[seen] ** 2))
+        return _routing_aiq(est, quality, cost)
+
+    def _stack_test(self, best: np.ndarray, prior: np.ndarray, quality, cost) -> dict[str, float]:
+        """The paired bootstrap over out-of-fold rows of the best blend's score minus the prior blend's."""
+        from router_rl.metrics import paired_bootstrap_aiq
+
+        if self.stack_by == "mse":
+            seen = np.isfinite(quality)
+            rows = seen.any(axis=1)
+
+            def row_error(est: np.ndarray) -> np.ndarray:
+                err = np.where(seen, (est[0] - np.where(seen, quality, 0.0)) ** 2, 0.0)
+                return err[rows].sum(axis=1)
+
+            gain, cells = row_error(prior) - row_error(best), seen[rows].sum(axis=1)
+            draws = np.random.default_rng([self.seed, 13]).integers(
+                0, len(gain), (self.stack_boot, len(gain))
+            )
+            boot = gain[draws].sum(axis=1) / cells[draws].sum(axis=1)
+            tail = (1.0 - self.stack_level) / 2.0
+            low, high = np.quantile(boot, [tail, 1.0 - tail])
+            return {"diff": float(gain.sum() / cells.sum()), "low": float(low), "high": float(high)}
+        qa, ca = _sweep_outcomes(best, quality, cost)
+        qb, cb = _sweep_outcomes(prior, quality, cost)
+        out = paired_bootstrap_aiq(
+            qa[None], ca[None], qb[None], cb[None], max_cost=_sweep_max_cost(cost, ca, cb),
+            n_boot=self.stack_boot, level=self.stack_level, seed=self.seed,
+        )  # fmt: skip
+        return {k: float(out[k]) for k in ("diff", "low", "high")}
 
     # ------------------------------------------------------------------------------------ the catalog
     def add_model(self, name: str) -> None:
@@ -252,6 +338,10 @@ class BlendLinUCB(LowRankLinUCB):
             "mlp_weight": "auto" if self.auto_weight else self.mlp_weight,
             "stack_folds": self.stack_folds,
             "stack_by": self.stack_by,
+            "stack_from": self.stack_from,
+            "stack_max": self.stack_max,
+            "stack_level": self.stack_level,
+            "stack_boot": self.stack_boot,
             "mlp": dict(self.mlp_config),
             "device": self.device_name,
             "seed": self.seed,

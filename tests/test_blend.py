@@ -250,3 +250,48 @@ def test_auto_weight_follows_the_out_of_fold_error() -> None:
     again = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", device="cpu")
     again.load_state_dict(linear.state_dict())  # the chosen weight travels with the state
     assert again.mlp_weight == linear.mlp_weight and again.config()["mlp_weight"] == "auto"
+
+
+def noise_tables(seed: int, n: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Few rows whose grades are coin flips: no weight routes them better than another but by chance."""
+    x, _, c, lat = tables(n)
+    rng = np.random.default_rng(seed)
+    return x, (rng.random((n, 3)) < np.array([0.8, 0.7, 0.6])).astype(float), c, lat
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_auto_weight_keeps_its_prior_without_evidence(seed: int) -> None:
+    x, q, c, lat = noise_tables(seed)
+    chase = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", device="cpu")
+    chase.warm_start(x, q, c, lat)
+    assert chase.mlp_weight != 0.5  # the plain out-of-fold argmax follows the noise
+    kept = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", stack_from=0.5, device="cpu")
+    kept.warm_start(x, q, c, lat)
+    assert kept.mlp_weight == 0.5 and kept.stacking["moved"] is False
+    assert kept.stacking["best"] == chase.mlp_weight  # the same folds and scores, a different decision
+    assert kept.stacking["test"]["low"] <= 0.0 < kept.stacking["test"]["high"]
+
+
+@pytest.mark.parametrize("stack_by", ["aiq", "mse"])
+def test_auto_weight_leaves_its_prior_on_evidence_and_stays_under_its_cap(stack_by: str) -> None:
+    x, q, c, lat = tables(1000)
+    policy = BlendLinUCB(
+        list(MODELS), DIM, mlp_weight="auto", stack_from=0.5, stack_max=0.9, stack_level=0.99,
+        stack_by=stack_by, mlp={"epochs": 60}, device="cpu",
+    )  # fmt: skip
+    policy.warm_start(x, q, c, lat)
+    assert 0.5 < policy.mlp_weight <= 0.9  # the network sees |x_0|; the linear heads keep a share
+    assert policy.stacking["moved"] is True and policy.stacking["test"]["low"] > 0.0
+    assert max(policy.stacking["grid"]) == 0.9
+    assert policy.config()["stack_from"] == 0.5 and policy.bonus_alpha > 0.0
+
+
+def test_bad_stacking_settings_are_named() -> None:
+    for bad, name in (
+        ({"stack_max": 1.5}, "stack_max"),
+        ({"stack_from": 0.95, "stack_max": 0.9}, "stack_from"),
+        ({"stack_level": 1.0}, "stack_level"),
+        ({"stack_boot": 2}, "stack_boot"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", **bad)
