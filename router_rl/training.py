@@ -307,7 +307,16 @@ def make_policy(cfg_policy: DictConfig, models: list[str], dim: int) -> Policy:
             raise ValueError(
                 f"policy {policy_label(cfg_policy)}: warm_start is set but the policy has no warm_start"
             )
-        policy.warm_start_spec = {"fraction": float(spec.fraction), "weight": float(spec.get("weight", 1.0))}
+        replay = spec.get("replay", True)
+        if not isinstance(replay, bool):
+            raise ValueError(
+                f"policy {policy_label(cfg_policy)}: warm_start.replay must be true or false, got {replay!r}"
+            )
+        policy.warm_start_spec = {
+            "fraction": float(spec.fraction),
+            "weight": float(spec.get("weight", 1.0)),
+            "replay": replay,
+        }
     return policy
 
 
@@ -406,7 +415,9 @@ def fit_policy(
     """Train ``policy`` on prompt ``rows``: from bandit feedback in the simulator (:func:`learn`), or, for a
     supervised router (``policy.supervised``: kNN, MLP, RouteLLM's), from the full outcome table of those
     rows. A policy with a ``warm_start_spec`` (its config's ``warm_start`` block) first takes a seeded share of
-    ``rows`` with full outcomes as its prior, then learns from bandit feedback on all of ``rows``."""
+    ``rows`` with full outcomes as its prior, then learns from bandit feedback on all of ``rows``, or, with
+    ``replay: false``, on the rows the prior did not label only (none when ``fraction`` is 1: the simulator's
+    recorded grades of a labelled prompt would only repeat what the prior holds)."""
     from router_rl.envs.latency import expected_latency
 
     d = setup.data
@@ -431,6 +442,10 @@ def fit_policy(
             latency[labelled],
             weight=spec["weight"],
         )
+        if not spec.get("replay", True):
+            rows = np.setdiff1d(rows, labelled)
+            if len(rows) == 0:
+                return {"steps": 0, "full_information": 1.0, "warm_start_prompts": float(warm)}
     stats = learn(
         policy,
         setup.data,

@@ -60,3 +60,13 @@ def test_experiment_overrides_only_what_differs() -> None:
     cfg = compose_train(["experiment=routellm_linucb"])
     assert cfg.data.bundled == "routellm"
     assert cfg.policy._target_.endswith("LinUCB")
+
+
+def test_warm_start_replay_is_read_and_checked() -> None:
+    cfg = compose_train([])
+    assert make_policy(cfg.policy, ["a", "b"], 4).warm_start_spec["replay"] is False  # the default's
+    old = compose_train(["policy=lowrank_warm"])
+    assert make_policy(old.policy, ["a", "b"], 4).warm_start_spec["replay"] is True  # unset: replayed
+    bad = compose_train(["policy.warm_start.replay=sometimes"])
+    with pytest.raises(ValueError, match=r"warm_start\.replay must be true or false"):
+        make_policy(bad.policy, ["a", "b"], 4)

@@ -48,12 +48,32 @@ def test_train_writes_report_plot_artifact_and_logs_to_mlflow(debug_run: dict) -
     assert run.info.run_id == report["run_id"]
     assert run.data.params["policy.alpha"] == "1.0" and run.data.params["train.steps"] == "800"
     assert run.data.metrics["eval/blend/aiq"] == pytest.approx(report["policies"]["blend"]["aiq"])
-    assert "train/reward_mean/fold0" in run.data.metrics
-    history = client.get_metric_history(run.info.run_id, "train/cumulative_regret/fold0")
-    assert len(history) >= 2 and history[-1].value >= history[0].value
+    # the default warm-starts on every training prompt and replays none of them as bandit feedback
+    assert (
+        run.data.metrics["train/blend/steps"] == 0
+        and run.data.metrics["train/blend/warm_start_prompts"] == 30
+    )
+    assert "train/reward_mean/fold0" not in run.data.metrics
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "pareto.png", "config.yaml", "checkpoint", "router_artifact"} <= arts
     del mlflow
+
+
+def test_replaying_the_labelled_prompts_logs_learning_curves(tmp_path: Path) -> None:
+    proc = run_cli(
+        ["train", "debug=default", "hydra.run.dir=out", "policy.warm_start.replay=true"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["train"]["blend"]["steps"] == 800 and report["train"]["blend"]["warm_start_prompts"] == 30
+    assert (tmp_path / "out" / "learning_curves.png").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(report["run_id"])
+    assert "train/reward_mean/fold0" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "train/cumulative_regret/fold0")
+    assert len(history) >= 2 and history[-1].value >= history[0].value
 
 
 def test_artifact_round_trip_matches_in_process_decisions(debug_run: dict) -> None:
