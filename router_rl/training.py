@@ -402,6 +402,15 @@ def prepare(cfg: DictConfig) -> Setup:
     )
 
 
+def runs_bandit_phase(policy: Policy) -> bool:
+    """Whether :func:`fit_policy` gives ``policy`` a bandit phase in the simulator (the progress bar's steps):
+    not for a supervised router, nor for a warm start that labels every training prompt and replays none."""
+    spec = getattr(policy, "warm_start_spec", None)
+    if getattr(policy, "supervised", False):
+        return False
+    return not (spec and not spec.get("replay", True) and spec["fraction"] >= 1.0)
+
+
 def fit_policy(
     policy: Policy,
     setup: Setup,
@@ -654,7 +663,10 @@ def run_comparison(
     )
     run_name = cfg.mlflow.run_name or default_name[:250]
     bandit_steps = max(1, int(cfg.train.steps) // int(cfg.train.batch_size)) * int(cfg.train.batch_size)
-    n_fits = len(setup.plan) * len(learners) * len(seeds) + (1 if export_from is not None else 0)
+    models, dim = list(data.models), int(setup.embeddings.shape[1])
+    learns = {n: runs_bandit_phase(f(models, dim, seeds[0])) for n, f in learners.items()}
+    n_fits = len(setup.plan) * sum(learns.values()) * len(seeds)
+    n_fits += 1 if export_from is not None and learns.get(main_name, True) else 0
 
     with tracker.run(
         tracking_uri=cfg.mlflow.tracking_uri,
