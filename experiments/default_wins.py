@@ -19,6 +19,10 @@ is held out, never looked at while choosing settings:
 - ``arena-skewed``: arena's 16 models with every model's prices multiplied by a seeded log-normal factor
   (sd 1 in log space, ~2.7x either way): the cost-quality frontier changes, the grades do not. Its grades
   are the tuning set's, so it tests the settings against new prices only.
+- ``arena-8models``: 8 of arena's 16 models drawn at random (seeded), their columns only: a smaller catalog
+  with a different frontier (added after the settings were fixed; nothing was tuned on it).
+- ``routellm-mix600``: 600 prompts drawn from all three benchmarks with another seed (added with
+  ``arena-8models``; it played no part in choosing anything).
 
 Usage:
 
@@ -64,9 +68,12 @@ VARIANTS = [
     "routellm-mmlu1500",
     "routellm-mix300",
     "arena-skewed",
+    "arena-8models",
+    "routellm-mix600",
 ]
 ZOO = [
     "default",
+    "blend_replay",
     "lowrank_warm",
     "linucb",
     "lin_ts",
@@ -80,6 +87,9 @@ ZOO = [
     "random",
 ]
 TWO_MODEL_EXTRA = ["routellm_mf"]
+PREVIOUS = {  # earlier defaults, as rivals: label -> (policy option, overrides)
+    "blend_replay": ("blend", {"mlp_weight": 0.5, "warm_start": {"replay": True}}),
+}
 
 
 class _NoTracker:
@@ -105,6 +115,14 @@ def variant_setup(name: str, base: T.Setup, cfg: Any) -> T.Setup:
         factor = np.exp(rng.normal(0.0, 1.0, size=data.n_models))
         sub = dataclasses.replace(data, name=name, cost_usd=data.cost_usd * factor)
         rows = np.arange(data.n_prompts)
+    elif name == "arena-8models":
+        keep = np.sort(np.random.default_rng(7).choice(data.n_models, 8, replace=False))
+        models = tuple(data.models[i] for i in keep)
+        sub = dataclasses.replace(
+            data, name=name, models=models, catalog=data.catalog.subset(models),
+            **{f: getattr(data, f)[:, keep] for f in ("quality", "cost_usd", "input_tokens", "output_tokens", "latency_s")},
+        )  # fmt: skip
+        rows = np.arange(data.n_prompts)
     else:
         if name == "routellm-gsm8k":
             rows = np.flatnonzero(groups == "routellm/gsm8k")
@@ -116,6 +134,8 @@ def variant_setup(name: str, base: T.Setup, cfg: Any) -> T.Setup:
             )
         elif name == "routellm-mix300":
             rows = np.sort(rng.choice(data.n_prompts, 300, replace=False))
+        elif name == "routellm-mix600":
+            rows = np.sort(np.random.default_rng(7).choice(data.n_prompts, 600, replace=False))
         else:
             raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
         sub = dataclasses.replace(data.take(rows), name=name)
@@ -141,6 +161,12 @@ def learners_for(cfg: Any, options: list[str]) -> dict[str, T.PolicyFactory]:
 
             def factory(models: list[str], dim: int, seed: int) -> Any:
                 return T.make_policy(T._with_seed(cfg, seed).policy, models, dim)
+        elif option in PREVIOUS:
+            label = option
+
+            def factory(models: list[str], dim: int, seed: int, option: str = option) -> Any:
+                base, overrides = PREVIOUS[option]
+                return T.make_policy(T.policy_option(base, overrides, root=cfg, seed=seed), models, dim)
         else:
             label = T.policy_label(T.policy_option(option, None, root=cfg))
 
@@ -250,7 +276,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument(
-        "--policies", nargs="+", default=ZOO, help="options of configs/policy/ (default: train.yaml's)"
+        "--policies",
+        nargs="+",
+        default=ZOO,
+        help="options of configs/policy/ (default: train.yaml's), or an earlier default: blend_replay",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--n-boot", type=int, default=1000)

@@ -82,6 +82,7 @@ def make_embedder(
             dim=int(spec.get("dim", 256)),
             sif_coefficient=spec.get("sif_coefficient", 1e-5),
             max_vocab=spec.get("max_vocab"),
+            fit=OmegaConf.to_container(spec.fit) if spec.get("fit") else None,
             cache_dir=cfg.cache_dir,
             device=cfg.device,
             batch_size=int(spec.get("batch_size", 1024)),

@@ -70,3 +70,27 @@ def test_warm_start_replay_is_read_and_checked() -> None:
     bad = compose_train(["policy.warm_start.replay=sometimes"])
     with pytest.raises(ValueError, match=r"warm_start\.replay must be true or false"):
         make_policy(bad.policy, ["a", "b"], 4)
+
+
+def test_the_static_encoders_fit_reaches_distill(monkeypatch: pytest.MonkeyPatch) -> None:
+    import router_rl.static_encoder as se
+    from router_rl.training import make_embedder
+
+    seen: dict = {}
+
+    class Called(Exception):
+        pass
+
+    def fake(model: str, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Called
+
+    monkeypatch.setattr(se, "distill", fake)
+    for overrides, fit in (
+        ([], None),
+        (["embedder.distill.fit={corpus: routellm, epochs: 2}"], {"corpus": "routellm", "epochs": 2}),
+    ):
+        cfg = compose_train(["embedder=static", *overrides])
+        with pytest.raises(Called):
+            make_embedder(cfg.embedder, show_progress=False)
+        assert seen["fit"] == fit and seen["dim"] == 256
