@@ -14,8 +14,8 @@ Steps:
    ``<cache>/static/``, its id keyed by the fit settings and the corpus's sha256).
 3. ``experiments/default_wins.py`` on each ``--variants`` (default arena; 3 seeds, the default policy and
    mlp) for MiniLM, the plain distilled encoder and the fitted one; the fitted model is passed as
-   ``embedder=static embedder.model=<its directory> embedder.distill=null`` (``make_embedder`` does not pass
-   a fit to ``distill``). On ``routellm`` the fit corpus is the variant's own prompts (train and test, no
+   ``embedder=static embedder.model=<its directory> embedder.distill=null`` (the same model
+   ``'embedder.distill.fit={corpus: routellm}'`` builds, named by its directory). On ``routellm`` the fit corpus is the variant's own prompts (train and test, no
    labels): not held out there.
 
 Usage:
@@ -71,12 +71,10 @@ def sweep(fits: list[dict[str, Any]], dim: int, sif: float) -> list[dict[str, An
     rows = []
     for fit in fits:
         spec = S.fit_settings({"corpus": "routellm", **fit})
-        texts = S.corpus_texts(spec["corpus"])
-        targets = S.source_embeddings(
-            DEFAULT_ENCODER, texts, spec, device="cpu", cache_dir=None, show_progress=False
-        )
-        budget = spec["target_max_seq_length"] - 2
-        pieces = [e.ids[:budget] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        pieces, targets = S.fit_inputs(
+            DEFAULT_ENCODER, tokenizer, S.corpus_texts(spec["corpus"]), spec,
+            device="cpu", cache_dir=None, show_progress=False,
+        )  # fmt: skip
         trainable = np.abs(enc.vectors).sum(axis=1) > 0
         t0 = time.perf_counter()
         _, report = S.fit_tokens(

@@ -22,6 +22,7 @@ the bundled RouteLLM prompts (no labels); the fit settings and the corpus's sha2
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -229,10 +230,13 @@ def distilled_dir(
     cache_dir: str | Path | None = None,
 ) -> tuple[Path, str]:
     """(where the distilled model of ``source`` lives in the cache, its encoder id); nothing is built."""
+    return _location(source, distill_settings(dim, sif_coefficient, max_vocab, fit), cache_dir)
+
+
+def _location(source: str, settings: dict[str, Any], cache_dir: str | Path | None) -> tuple[Path, str]:
     from router_rl.embeddings import default_cache_dir, resolve_encoder
     from router_rl.onnx_encoder import model_fingerprint
 
-    settings = distill_settings(dim, sif_coefficient, max_vocab, fit)
     encoder_id = static_id(source, settings, model_fingerprint(resolve_encoder(source)))
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_id)[-100:]
@@ -266,16 +270,14 @@ def distill(
         device: where the source runs while distilling (``auto``: cuda when present).
         batch_size: vocabulary tokens per forward pass.
     """
-    out, encoder_id = distilled_dir(
-        source, dim=dim, sif_coefficient=sif_coefficient, max_vocab=max_vocab, fit=fit, cache_dir=cache_dir
-    )
+    settings = distill_settings(dim, sif_coefficient, max_vocab, fit)
+    out, encoder_id = _location(source, settings, cache_dir)
     if (out / SIDE_CAR).is_file():
         return out, encoder_id
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".distill-", dir=out.parent))
     try:
-        _build(source, staging, distill_settings(dim, sif_coefficient, max_vocab, fit), encoder_id,
-               device=device, batch_size=batch_size, show_progress=show_progress,
+        _build(source, staging, settings, encoder_id, device=device, batch_size=batch_size, show_progress=show_progress,
                cache_dir=cache_dir)  # fmt: skip
         staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         try:
@@ -322,15 +324,19 @@ def token_vectors(st: Any, ids: np.ndarray, *, batch_size: int, show_progress: b
     return out
 
 
+def fixed_signs(vt: np.ndarray) -> np.ndarray:
+    """Rows of ``vt`` (singular vectors) with signs fixed so that each row's largest loading is positive:
+    deterministic across LAPACK builds."""
+    return vt * np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+
+
 def pca(x: np.ndarray, dim: int) -> np.ndarray:
     """``x`` (N, H) centred and projected on its leading ``dim`` principal directions (signs fixed so that
     each direction's largest loading is positive: deterministic across LAPACK builds)."""
     x = np.asarray(x, dtype=np.float64)
     centred = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    vt = vt[: min(dim, vt.shape[0])]
-    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
-    return centred @ (vt * signs[:, None]).T
+    return centred @ fixed_signs(vt[: min(dim, vt.shape[0])]).T
 
 
 def sif_weights(n: int, coefficient: float) -> np.ndarray:
@@ -405,11 +411,8 @@ def _build(
             f"{spec['epochs']} epochs on CPU, about 6 s each for 15,000 prompts; once per machine)",
             flush=True,
         )
-        targets = source_embeddings(source, texts, spec, device=device, cache_dir=cache_dir,
-                                    show_progress=show_progress)  # fmt: skip
-        special = len(st.tokenizer("a")["input_ids"]) - 1  # [CLS] and [SEP]: the source's budget is less
-        budget = int(spec["target_max_seq_length"]) - special
-        pieces = [e.ids[:budget] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        pieces, targets = fit_inputs(source, tokenizer, texts, spec, device=device, cache_dir=cache_dir,
+                                     show_progress=show_progress)  # fmt: skip
         trainable = np.zeros(vocab_size, dtype=bool)
         trainable[keep] = True
         table, fit_report = fit_tokens(table, pieces, targets, trainable=trainable, show_progress=show_progress,
@@ -433,17 +436,10 @@ def _build(
 
 
 # ------------------------------------------------------------------------------------------ fitting
-FIT_CORPORA = {
-    "routellm": "routellm_gpt4_vs_mixtral_prompts.jsonl.gz"
-}  # bundled prompts (router_rl/datasets)
-FIT_ARGS = (
-    "epochs",
-    "lr",
-    "anchor",
-    "batch_size",
-    "holdout",
-    "seed",
-)  # fit_settings' keys that fit_tokens takes
+# bundled prompt corpora (router_rl/datasets)
+FIT_CORPORA = {"routellm": "routellm_gpt4_vs_mixtral_prompts.jsonl.gz"}
+# fit_settings' keys that fit_tokens takes
+FIT_ARGS = ("epochs", "lr", "anchor", "batch_size", "holdout", "seed")
 FIT_DEFAULTS: dict[str, Any] = {
     "corpus": "routellm",
     "epochs": 5,
@@ -458,9 +454,7 @@ FIT_DEFAULTS: dict[str, Any] = {
 
 def corpus_texts(corpus: str | Path) -> list[str]:
     """The distinct prompts of a fit corpus, in file order: a bundled one by name (``routellm``) or a
-    ``.jsonl``/``.jsonl.gz`` file of objects with a ``prompt`` field."""
-    import gzip
-
+    ``.jsonl``/``.jsonl.gz`` file of objects with a ``prompt`` field (read once per version of the file)."""
     name = str(corpus)
     if name in FIT_CORPORA:
         path = Path(__file__).resolve().parent / "datasets" / FIT_CORPORA[name]
@@ -468,6 +462,15 @@ def corpus_texts(corpus: str | Path) -> list[str]:
         path = Path(name).expanduser()
         if not path.is_file():
             raise StaticEncoderError(f"fit corpus {name!r}: not one of {sorted(FIT_CORPORA)} nor a file")
+    stat = path.stat()
+    return list(_read_corpus(name, str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_corpus(name: str, path_text: str, mtime_ns: int, size: int) -> tuple[str, ...]:  # noqa: ARG001
+    import gzip
+
+    path = Path(path_text)
     opener = gzip.open if path.suffix == ".gz" else open
     seen: dict[str, None] = {}
     with opener(path, "rt", encoding="utf-8") as f:
@@ -478,7 +481,7 @@ def corpus_texts(corpus: str | Path) -> list[str]:
                     seen.setdefault(text, None)
     if len(seen) < 10:
         raise StaticEncoderError(f"fit corpus {name!r}: {len(seen)} prompts, need at least 10")
-    return list(seen)
+    return tuple(seen)
 
 
 def corpus_digest(texts: Sequence[str]) -> str:
@@ -542,6 +545,35 @@ def source_embeddings(
         show_progress=show_progress,
     )
     return embedder.encode(list(texts))
+
+
+def fit_inputs(
+    source: str,
+    tokenizer: Any,
+    texts: Sequence[str],
+    spec: Mapping[str, Any],
+    *,
+    device: str | None,
+    cache_dir: str | Path | None,
+    show_progress: bool,
+) -> tuple[list[list[int]], np.ndarray]:
+    """What :func:`fit_tokens` fits on: each text's token ids (``tokenizer``, a ``tokenizers.Tokenizer`` of
+    the source's vocabulary), cut where the source stops reading (``target_max_seq_length`` less its special
+    tokens), and the source's embeddings of the texts (:func:`source_embeddings`)."""
+    with_specials = len(tokenizer.encode("a").ids)
+    budget = int(spec["target_max_seq_length"]) - (
+        with_specials - len(tokenizer.encode("a", add_special_tokens=False).ids)
+    )
+    pieces = [e.ids[:budget] for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    targets = source_embeddings(
+        source, texts, spec, device=device, cache_dir=cache_dir, show_progress=show_progress
+    )
+    return pieces, targets
+
+
+def _rms(table: np.ndarray) -> float:
+    """Root mean square of a token table's non-zero rows (1 for an all-zero table)."""
+    return float(np.sqrt(np.mean(table[np.abs(table).sum(axis=1) > 0] ** 2))) or 1.0
 
 
 def _bags(pieces: Sequence[np.ndarray], rows: np.ndarray) -> tuple[Any, Any]:
@@ -623,7 +655,7 @@ def fit_tokens(
         if trainable is None
         else torch.from_numpy(trainable.astype(np.float32))[:, None]
     )
-    scale = float(np.sqrt(np.mean(table[np.abs(table).sum(axis=1) > 0] ** 2))) or 1.0
+    scale = _rms(table)
     weight = torch.nn.Parameter(torch.from_numpy(table / scale))
     initial = weight.detach().clone()
     y = torch.from_numpy(targets)
@@ -677,8 +709,7 @@ def fit_tokens(
         )
         dim = min(table.shape[1], fitted.shape[1])
         _, _, vt = np.linalg.svd(emb.double().numpy(), full_matrices=False)
-        vt = vt[:dim]
-        vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+        vt = fixed_signs(vt[:dim])
         basis = torch.from_numpy(vt.T.astype(np.float32))  # (H, dim)
         out = fitted @ basis
         report.update(
@@ -688,7 +719,7 @@ def fit_tokens(
             heldout_curve=curve,
         )
     out = out.numpy().astype(np.float32)
-    out /= float(np.sqrt(np.mean(out[np.abs(out).sum(axis=1) > 0] ** 2))) or 1.0  # unit RMS: float16-safe
+    out /= _rms(out)  # unit RMS: float16-safe
     return out, report
 
 
