@@ -161,17 +161,14 @@ def learners_for(cfg: Any, options: list[str]) -> dict[str, T.PolicyFactory]:
 
             def factory(models: list[str], dim: int, seed: int) -> Any:
                 return T.make_policy(T._with_seed(cfg, seed).policy, models, dim)
-        elif option in PREVIOUS:
-            label = option
-
-            def factory(models: list[str], dim: int, seed: int, option: str = option) -> Any:
-                base, overrides = PREVIOUS[option]
-                return T.make_policy(T.policy_option(base, overrides, root=cfg, seed=seed), models, dim)
         else:
-            label = T.policy_label(T.policy_option(option, None, root=cfg))
+            base, overrides = PREVIOUS.get(option, (option, None))
+            label = option if option in PREVIOUS else T.policy_label(T.policy_option(base, None, root=cfg))
 
-            def factory(models: list[str], dim: int, seed: int, option: str = option) -> Any:
-                return T.make_policy(T.policy_option(option, None, root=cfg, seed=seed), models, dim)
+            def factory(
+                models: list[str], dim: int, seed: int, base: str = base, overrides: Any = overrides
+            ) -> Any:
+                return T.make_policy(T.policy_option(base, overrides, root=cfg, seed=seed), models, dim)
 
         out[label] = factory
     return out

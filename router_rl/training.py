@@ -454,8 +454,8 @@ def fit_policy(
         )
         if not spec.get("replay", True):
             rows = np.setdiff1d(rows, labelled)
-            if len(rows) == 0:
-                return {"steps": 0, "full_information": 1.0, "warm_start_prompts": float(warm)}
+        if not runs_bandit_phase(policy) or len(rows) == 0:
+            return {"steps": 0, "full_information": 1.0, "warm_start_prompts": float(warm)}
     stats = learn(
         policy,
         setup.data,
