@@ -99,6 +99,10 @@ class BlendLinUCB(LowRankLinUCB):
             which bandit feedback and ``router-rl learn`` move, a share).
         stack_level: the two-sided level of the bootstrap interval that must exclude zero.
         stack_boot: bootstrap resamples of that test.
+        stack_epochs: with ``mlp_weight: auto``, also choose the network's passes over the data out of fold:
+            the fold networks train for ``mlp.epochs`` passes, their held-out estimates are kept after every
+            pass, and the final network trains for the number of passes whose out-of-fold quality MSE is the
+            least (early stopping by cross-validation; the stacking then scores those estimates).
         mlp: the network's settings (``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``; see
             :class:`~router_rl.policies.mlp.MLPRouter`).
         device: where the network trains (``auto``: cuda when available).
@@ -125,6 +129,7 @@ class BlendLinUCB(LowRankLinUCB):
         stack_max: float = 1.0,
         stack_level: float = 0.95,
         stack_boot: int = 500,
+        stack_epochs: bool = False,
         mlp: dict[str, Any] | None = None,
         device: str = "auto",
         seed: int = 0,
@@ -170,7 +175,8 @@ class BlendLinUCB(LowRankLinUCB):
         self.stack_folds, self.stack_by = int(stack_folds), str(stack_by)
         self.stack_from = None if stack_from is None else float(stack_from)
         self.stack_max, self.stack_level = float(stack_max), float(stack_level)
-        self.stack_boot = int(stack_boot)
+        self.stack_boot, self.stack_epochs = int(stack_boot), bool(stack_epochs)
+        self.net_epochs: int | None = None  # stack_epochs: the passes chosen out of fold
         self.stacking: dict[str, Any] | None = None  # auto: the grid and its out-of-fold scores
         self.mlp_config = {**MLP_DEFAULTS, **dict(mlp or {})}
         self.mlp_config["hidden"] = [int(h) for h in self.mlp_config["hidden"]]
@@ -179,13 +185,9 @@ class BlendLinUCB(LowRankLinUCB):
         self.fitted = False
 
     def _new_net(self) -> MLPRouter:
+        settings = {**self.mlp_config, **({} if self.net_epochs is None else {"epochs": self.net_epochs})}
         return MLPRouter(
-            list(self.models),
-            self.dim,
-            device=self.device_name,
-            seed=self.seed,
-            epsilon=0.0,
-            **self.mlp_config,
+            list(self.models), self.dim, device=self.device_name, seed=self.seed, epsilon=0.0, **settings
         )
 
     # ------------------------------------------------------------------------------------- estimates
@@ -222,6 +224,7 @@ class BlendLinUCB(LowRankLinUCB):
         """beta chosen by out-of-fold stacking (see the module docstring); ``self.stacking`` records why."""
         x, quality = np.asarray(x), np.asarray(quality, dtype=np.float64)
         n = len(x)
+        self.net_epochs = None  # the folds train for mlp.epochs passes
         folds = np.random.default_rng([self.seed, 11]).permutation(n) % self.stack_folds
         if n < 2 * self.stack_folds:  # too few rows to hold any out: the prior, else an even blend
             self.stacking = {"by": self.stack_by, "grid": None, "scores": None, "rows": n}
@@ -229,6 +232,8 @@ class BlendLinUCB(LowRankLinUCB):
         cost = np.asarray(cost, dtype=np.float64)
         linear_oof = np.full((2, *quality.shape), np.nan)  # quality and cost estimates
         net_oof = np.full((2, *quality.shape), np.nan)
+        passes = int(self.mlp_config["epochs"]) if self.stack_epochs else 0
+        per_pass = np.full((passes, 2, *quality.shape), np.nan)  # stack_epochs: held-out estimates per pass
         for f in range(self.stack_folds):
             fit, held = folds != f, folds == f
             part = LowRankLinUCB(
@@ -242,8 +247,19 @@ class BlendLinUCB(LowRankLinUCB):
             )
             part.warm_start(x[fit], quality[fit], cost[fit], latency[fit], weight=weight)
             linear_oof[:, held] = part.estimates(x[held])[:2]
-            net = self._new_net().fit(x[fit], quality[fit], cost[fit], latency[fit])
+            net = self._new_net()
+
+            def keep(done: int, net: MLPRouter = net, held: np.ndarray = held) -> None:
+                per_pass[done - 1][:, held] = net.estimates(x[held])[:2]
+
+            net.fit(x[fit], quality[fit], cost[fit], latency[fit], on_epoch=keep if passes else None)
             net_oof[:, held] = net.estimates(x[held])[:2]
+        epoch_mse = None
+        if passes:
+            seen = np.isfinite(quality)
+            epoch_mse = [float(np.mean((est[0] - quality)[seen] ** 2)) for est in per_pass]
+            self.net_epochs = int(np.argmin(epoch_mse)) + 1
+            net_oof = per_pass[self.net_epochs - 1]
         grid = STACK_GRID[STACK_GRID <= self.stack_max + 1e-12]  # noqa: SIM300
         blends = [(1 - b) * linear_oof + b * net_oof for b in grid]
         scores = [self._stack_score(est, quality, cost) for est in blends]
@@ -254,6 +270,8 @@ class BlendLinUCB(LowRankLinUCB):
             "scores": scores,
             "rows": n,
             "best": best,
+            "epochs": self.net_epochs,
+            "epoch_mse": epoch_mse,
         }
         if self.stack_from is None or best == self.stack_from:
             return best
@@ -342,6 +360,7 @@ class BlendLinUCB(LowRankLinUCB):
             "stack_max": self.stack_max,
             "stack_level": self.stack_level,
             "stack_boot": self.stack_boot,
+            "stack_epochs": self.stack_epochs,
             "mlp": dict(self.mlp_config),
             "device": self.device_name,
             "seed": self.seed,

@@ -18,6 +18,7 @@ plain neural bandit. As an offline baseline: call ``fit`` and skip the bandit lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -104,11 +105,12 @@ class MLPRouter:
         return (1.0 - self.epsilon) * greedy + self.epsilon / len(self.models)
 
     # -------------------------------------------------------------------------------------- learning
-    def fit(self, x, quality, cost, latency) -> MLPRouter:
+    def fit(self, x, quality, cost, latency, *, on_epoch: Callable[[int], Any] | None = None) -> MLPRouter:
         """Full-information training from scratch on (N, d) contexts and (N, K) outcome tables.
 
         ``cost`` is in the ``update`` unit (cost_usd / cost_scale); NaN cells are treated as unobserved.
-        The rows replace the replay buffer; later bandit feedback is added to them.
+        The rows replace the replay buffer; later bandit feedback is added to them. ``on_epoch(passes)`` is
+        called after every pass, the router then predicting as trained so far (a true return stops there).
         """
         x = np.asarray(x, dtype=np.float32)
         y = stack_heads(quality, cost, latency)  # (N, K, 3)
@@ -119,7 +121,7 @@ class MLPRouter:
         seen = np.isfinite(y).all(axis=2)
         self._clear_buffer()
         self._append(x, np.where(seen[..., None], y, 0.0), seen.astype(np.float64))
-        self._retrain()
+        self._retrain(on_epoch)
         return self
 
     def update(self, x, actions, quality, cost, latency) -> None:
@@ -180,9 +182,9 @@ class MLPRouter:
         seen = self.buf_cnt > 0
         return self.buf_sum / np.maximum(self.buf_cnt, 1.0)[..., None], seen
 
-    def _retrain(self) -> None:
+    def _retrain(self, on_epoch: Callable[[int], Any] | None = None) -> None:
         """Train the network from its seeded initialisation on the buffer's cell means, each weighted by its
-        observation count (masked MSE)."""
+        observation count (masked MSE); ``on_epoch`` as in :meth:`fit`."""
         self.since_train = 0
         if len(self.buf_x) == 0:
             return
@@ -191,6 +193,11 @@ class MLPRouter:
         self.net = tm.build_mlp(self.dim, self.hidden, tm.HEADS * len(self.models), seed=self.seed).to(
             self.device
         )
+
+        def hook(passes: int, mean: np.ndarray, sd: np.ndarray) -> Any:
+            self.col_mean, self.col_sd = mean, sd
+            return on_epoch(passes)
+
         self.col_mean, self.col_sd, _ = tm.fit_masked(
             self.net,
             self.buf_x,
@@ -202,6 +209,7 @@ class MLPRouter:
             weight_decay=self.weight_decay,
             seed=self.seed + self.n_trainings,
             device=self.device,
+            on_epoch=None if on_epoch is None else hook,
         )
         self.n_trainings += 1
 

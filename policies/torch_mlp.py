@@ -19,7 +19,7 @@ and inference on one thread (restoring the setting after).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,6 +94,7 @@ def fit_masked(
     weight_decay: float,
     seed: int,
     device: Any,
+    on_epoch: Callable[[int, np.ndarray, np.ndarray], Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Train ``net`` in place on the count-weighted masked MSE of standardised targets (Adam, minibatches).
 
@@ -126,7 +127,7 @@ def fit_masked(
     gen = torch.Generator().manual_seed(int(seed))
     loss_sum = 0.0
     with cpu_threads(device):
-        for _ in range(int(epochs)):
+        for epoch in range(int(epochs)):
             if draw_p is None:
                 order = torch.randperm(len(xt), generator=gen).to(device)
             else:
@@ -142,6 +143,12 @@ def fit_masked(
                 opt.step()
                 loss_sum, n_batches = loss_sum + loss.item(), n_batches + 1
             loss_sum /= max(n_batches, 1)
+            if on_epoch is not None:
+                net.eval()
+                stop = on_epoch(epoch + 1, mean, sd)
+                net.train()
+                if stop:
+                    break
     net.eval()
     return mean, sd, loss_sum
 

@@ -295,3 +295,57 @@ def test_bad_stacking_settings_are_named() -> None:
     ):
         with pytest.raises(ValueError, match=name):
             BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", **bad)
+
+
+def test_fit_masked_on_epoch_sees_every_pass_and_can_stop_it() -> None:
+    import torch
+
+    from router_rl.policies import torch_mlp as tm
+
+    x, q, c, lat = tables(200)
+    y = tm.head_major(np.stack([q, c, lat], axis=2))
+    mask = np.ones_like(y)
+
+    def trained(epochs: int, stop_at: int | None = None) -> tuple[list[int], dict]:
+        net = tm.build_mlp(DIM, [8], y.shape[1], seed=3)
+        seen: list[int] = []
+
+        def hook(done: int, mean: np.ndarray, sd: np.ndarray) -> bool:
+            assert mean.shape == sd.shape == (y.shape[1],) and not net.training
+            seen.append(done)
+            return done == stop_at
+
+        tm.fit_masked(
+            net, x, y, mask, epochs=epochs, batch_size=32, lr=1e-2, weight_decay=0.0, seed=5,
+            device=torch.device("cpu"), on_epoch=hook,
+        )  # fmt: skip
+        return seen, net.state_dict()
+
+    seen, stopped = trained(10, stop_at=3)
+    assert seen == [1, 2, 3]  # a true return stops after that pass
+    _, three = trained(3)
+    assert all(torch.equal(stopped[k], three[k]) for k in three)  # the same net as three passes alone
+    assert trained(4)[0] == [1, 2, 3, 4]
+
+
+def test_stack_epochs_stops_early_on_noise_and_trains_on_with_signal() -> None:
+    x, q, c, lat = noise_tables(0, n=300)
+    settings = {
+        "mlp_weight": "auto",
+        "stack_epochs": True,
+        "mlp": {"epochs": 40, "lr": 0.01},
+        "device": "cpu",
+    }
+    noise = BlendLinUCB(list(MODELS), DIM, **settings)
+    noise.warm_start(x, q, c, lat)
+    curve = noise.stacking["epoch_mse"]
+    assert len(curve) == 40 and noise.net_epochs == int(np.argmin(curve)) + 1
+    assert noise.net_epochs <= 10 and curve[-1] > min(curve)  # coin flips: more passes only overfit
+    assert noise.net.epochs == noise.net_epochs  # the final network trains that many passes
+    signal = BlendLinUCB(list(MODELS), DIM, **settings)
+    signal.warm_start(*tables(1000))
+    assert signal.net_epochs > noise.net_epochs  # |x_0| takes passes to learn, and held-out rows show it
+    plain = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", mlp={"epochs": 40, "lr": 0.01}, device="cpu")
+    plain.warm_start(x, q, c, lat)
+    assert plain.net_epochs is None and plain.stacking["epoch_mse"] is None and plain.net.epochs == 40
+    assert noise.config()["stack_epochs"] is True and plain.config()["stack_epochs"] is False
