@@ -87,8 +87,9 @@ ZOO = [
     "random",
 ]
 TWO_MODEL_EXTRA = ["routellm_mf"]
-PREVIOUS = {  # earlier defaults, as rivals: label -> (policy option, overrides)
+PREVIOUS = {  # earlier defaults and tried variants of the default, as rivals: label -> (option, overrides)
     "blend_replay": ("blend", {"mlp_weight": 0.5, "warm_start": {"replay": True}}),
+    "stack_epochs": ("blend", {"stack_epochs": True}),  # the network's passes chosen out of fold (not kept)
 }
 
 
@@ -276,7 +277,8 @@ def main() -> None:
         "--policies",
         nargs="+",
         default=ZOO,
-        help="options of configs/policy/ (default: train.yaml's), or an earlier default: blend_replay",
+        help="options of configs/policy/ (default: train.yaml's), or a named variant of the default: "
+        + ", ".join(PREVIOUS),
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--n-boot", type=int, default=1000)
