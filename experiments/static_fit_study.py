@@ -71,17 +71,23 @@ def sweep(fits: list[dict[str, Any]], dim: int, sif: float) -> list[dict[str, An
     rows = []
     for fit in fits:
         spec = S.fit_settings({"corpus": "routellm", **fit})
+        texts = S.corpus_texts(spec["corpus"])
         pieces, targets = S.fit_inputs(
-            DEFAULT_ENCODER, tokenizer, S.corpus_texts(spec["corpus"]), spec,
-            device="cpu", cache_dir=None, show_progress=False,
-        )  # fmt: skip
+            DEFAULT_ENCODER, tokenizer, texts, spec, device="cpu", cache_dir=None, show_progress=False
+        )
+        t0 = time.perf_counter()  # the crops' MiniLM embeddings: from the embedding cache after the first run
+        extra = S.crop_inputs(
+            DEFAULT_ENCODER, tokenizer, texts, spec, device="cpu", cache_dir=None, show_progress=False
+        )
+        crop_seconds = round(time.perf_counter() - t0, 1)
         trainable = np.abs(enc.vectors).sum(axis=1) > 0
         t0 = time.perf_counter()
         _, report = S.fit_tokens(
-            enc.vectors, pieces, targets, trainable=trainable, **{k: spec[k] for k in S.FIT_ARGS}
+            enc.vectors, pieces, targets, trainable=trainable, extra=extra, **{k: spec[k] for k in S.FIT_ARGS}
         )
         report["seconds"] = round(time.perf_counter() - t0, 1)
-        rows.append({"fit": {k: spec[k] for k in S.FIT_ARGS}, **report})
+        report["crop_inputs_seconds"] = crop_seconds
+        rows.append({"fit": {k: spec[k] for k in (*S.FIT_ARGS, "crops") if k in spec}, **report})
         curve = report["heldout_curve"]
         print(
             f"[static_fit] sweep {rows[-1]['fit']}: held-out loss {report['heldout_loss_distilled']:.4f} -> "
@@ -153,29 +159,48 @@ def markdown(report: dict[str, Any]) -> str:
         "cosine to MiniLM's embedding. `distilled`: the plain table with its least-squares linear map (fitted on "
         "the training prompts), the fit's start. No routing number was looked at to choose.",
         "",
-        "| lr | epochs | anchor | held-out loss: distilled | after the last epoch | best epoch (loss) | train loss | s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`crops`: random word-aligned crops per prompt fitted on beside it, each with MiniLM's embedding of the "
+        "crop as its target (`router_rl.static_encoder.crop_texts`; only crops of training prompts; the losses "
+        "are on whole prompts); `pairs`: the training pairs, prompts and crops.",
+        "",
+        "| crops | pairs | lr | epochs | anchor | held-out loss: distilled | after the last epoch "
+        "| best epoch (loss) | train loss | s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["sweep"]:
         f, curve = row["fit"], row["heldout_curve"]
         best = int(np.argmin(curve))
+        pairs = row["n_train"] + row.get("n_train_extra", 0)
         lines.append(
-            f"| {f['lr']:g} | {f['epochs']} | {f['anchor']:g} | {row['heldout_loss_distilled']:.4f} | "
-            f"{row['heldout_loss']:.4f} | {best + 1} ({curve[best]:.4f}) | {row['train_loss']:.4f} | "
-            f"{row['seconds']} |"
+            f"| {f.get('crops', 0)} | {pairs:,} | {f['lr']:g} | {f['epochs']} | {f['anchor']:g} | "
+            f"{row['heldout_loss_distilled']:.4f} | {row['heldout_loss']:.4f} | {best + 1} ({curve[best]:.4f}) | "
+            f"{row['train_loss']:.4f} | {row['seconds']} |"
         )
     lines += [
         "",
-        f"Chosen: `{json.dumps({k: fit[k] for k in S.FIT_ARGS})}` (encoder `{report['fit_id']}`): held-out loss "
+        f"Chosen: `{json.dumps({k: fit[k] for k in (*S.FIT_ARGS, 'crops') if k in fit})}` (encoder `{report['fit_id']}`): held-out loss "
         f"{chosen['heldout_loss_distilled']:.4f} (distilled) -> {chosen['heldout_loss']:.4f} (fitted, after the "
         f"projection to {report['dim']} dimensions; {chosen['heldout_loss_fitted']:.4f} before it); training "
         f"loss {chosen['train_loss_distilled']:.4f} -> {chosen['train_loss']:.4f}; held-out after each epoch "
         f"{', '.join(f'{v:.4f}' for v in chosen['heldout_curve'])}.",
         "",
+        *(
+            [
+                f"Compared with: `{json.dumps(report['compare_fit']['given'])}` (encoder "
+                f"`{report['compare_fit']['fit_id']}`): held-out loss "
+                f"{report['compare_fit']['fit_report']['heldout_loss']:.4f}.",
+                "",
+            ]
+            if report.get("compare_fit")
+            else []
+        ),
         "## 2. Routing: AIQ per seed, mean (sd), gap to MiniLM (MiniLM - encoder, paired by seed)",
         "",
     ]
     names = {"minilm": "MiniLM (torch)", "static": "static, distilled", "static_fit": "static, fitted"}
+    if report.get("compare_fit") is not None:
+        names["static_fit"] = "static, fitted (chosen)"
+        names["static_fit_compare"] = f"static, fitted (`{json.dumps(report['compare_fit']['given'])}`)"
     for variant, per_policy in report["routing"].items():
         held = "held out from the fit" if variant != "routellm" else "the fit's own prompts: not held out"
         lines += [f"### {variant} ({held})", ""]
@@ -221,13 +246,33 @@ def main() -> None:
     parser.add_argument(
         "--sweep", type=json.loads, default=SWEEP, help="JSON list of fits scored on held-out loss"
     )
+    parser.add_argument(
+        "--sweep-results", type=Path, default=None,
+        help="a --sweep-only run's JSON: its sweep rows are reported instead of refitting",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep-only", action="store_true", help="score the --sweep fits, write <out>_sweep.json, stop"
+    )
+    parser.add_argument(
+        "--compare-fit", type=json.loads, default=None,
+        help="another fit (JSON settings; {} is FIT_DEFAULTS) routed beside the chosen one, paired by seed",
+    )  # fmt: skip
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--sif-coefficient", type=float, default=1e-5)
     parser.add_argument("--out", type=Path, default=RESULTS / "static_fit")
     args = parser.parse_args()
     t0 = time.perf_counter()
     state_before = git_state()
-    rows = sweep(args.sweep, args.dim, args.sif_coefficient)
+    if args.sweep_results is not None:
+        rows = json.loads(args.sweep_results.read_text())["sweep"]
+    else:
+        rows = sweep(args.sweep, args.dim, args.sif_coefficient)
+    if args.sweep_only:
+        out = args.out.with_name(args.out.name + "_sweep.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = "python experiments/static_fit_study.py " + " ".join(sys.argv[1:])
+        out.write_text(json.dumps({"command": command, "git": state_before, "sweep": rows}, indent=2) + "\n")
+        return
     fit = {"corpus": "routellm", **args.fit}
     path, fit_id = S.distill(
         DEFAULT_ENCODER, dim=args.dim, sif_coefficient=args.sif_coefficient, fit=fit, device="cpu",
@@ -240,6 +285,20 @@ def main() -> None:
                    f"embedder.distill.sif_coefficient={args.sif_coefficient}"],
         "static_fit": ["embedder=static", f"embedder.model={path}", "embedder.distill=null"],
     }  # fmt: skip
+    compare = None
+    if args.compare_fit is not None:
+        other, other_id = S.distill(
+            DEFAULT_ENCODER, dim=args.dim, sif_coefficient=args.sif_coefficient,
+            fit={"corpus": "routellm", **args.compare_fit}, device="cpu", show_progress=False,
+        )  # fmt: skip
+        other_car = json.loads((other / S.SIDE_CAR).read_text())
+        compare = {"given": args.compare_fit, "fit_id": other_id, "fit_settings": other_car["settings"]["fit"],
+                   "fit_report": other_car["fit"]}  # fmt: skip
+        encoders["static_fit_compare"] = [
+            "embedder=static",
+            f"embedder.model={other}",
+            "embedder.distill=null",
+        ]
     runs = {name: run_default_wins(args.variants, args, ov) for name, ov in encoders.items()}
     report = {
         "command": "python experiments/static_fit_study.py " + " ".join(sys.argv[1:]),
@@ -250,6 +309,7 @@ def main() -> None:
         "fit_settings": sidecar["settings"]["fit"],
         "fit_id": fit_id,
         "fit_report": sidecar["fit"],
+        "compare_fit": compare,
         "routing": summary(runs, args.variants, args.policies),
         "default_wins": {
             name: {"command": run["command"], "seconds": run["seconds"]} for name, run in runs.items()

@@ -405,18 +405,21 @@ def _build(
     if settings.get("fit") is not None:
         spec = settings["fit"]
         texts = corpus_texts(spec["corpus"])
+        crops = f" and {spec['crops']} crops of each" if spec.get("crops") else ""
         print(
             f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
-            f"{spec['corpus']} prompts (the source encodes those not in the embedding cache first; then "
-            f"{spec['epochs']} epochs on CPU, about 6 s each for 15,000 prompts; once per machine)",
+            f"{spec['corpus']} prompts{crops} (the source encodes those not in the embedding cache first; "
+            f"then {spec['epochs']} epochs on CPU, about 6 s each per 15,000 pairs; once per machine)",
             flush=True,
         )
         pieces, targets = fit_inputs(source, tokenizer, texts, spec, device=device, cache_dir=cache_dir,
                                      show_progress=show_progress)  # fmt: skip
+        extra = crop_inputs(source, tokenizer, texts, spec, device=device, cache_dir=cache_dir,
+                            show_progress=show_progress)  # fmt: skip
         trainable = np.zeros(vocab_size, dtype=bool)
         trainable[keep] = True
-        table, fit_report = fit_tokens(table, pieces, targets, trainable=trainable, show_progress=show_progress,
-                                       **{k: spec[k] for k in FIT_ARGS})  # fmt: skip
+        table, fit_report = fit_tokens(table, pieces, targets, trainable=trainable, extra=extra,
+                                       show_progress=show_progress, **{k: spec[k] for k in FIT_ARGS})  # fmt: skip
     table = table.astype(np.float16).astype(np.float32)  # stored exactly as float16 in artifacts
     model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=table), Normalize()])
     model.save(str(out))
@@ -449,7 +452,9 @@ FIT_DEFAULTS: dict[str, Any] = {
     "holdout": 0.1,
     "seed": 0,
     "target_max_seq_length": 256,
+    "crops": 0,  # random word-aligned crops of each prompt added as pairs of their own (crop_texts)
 }
+CROP_MIN_TOKENS = 4  # the shortest crop; prompts under twice this many tokens get none
 
 
 def corpus_texts(corpus: str | Path) -> list[str]:
@@ -509,6 +514,15 @@ def fit_settings(fit: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "seed": int(spec["seed"]),
         "target_max_seq_length": int(spec["target_max_seq_length"]),
     }
+    crops = int(spec["crops"])
+    if crops < 0:
+        raise ValueError(f"static fit crops must be >= 0 (crops per prompt), got {spec['crops']}")
+    if crops:  # absent when 0, so the fits made before crops existed keep their ids
+        out["crops"] = crops
+        out["crop_sampling"] = (
+            f"length log-uniform in [{CROP_MIN_TOKENS}, n - 1] tokens, start uniform, widened to whole words; "
+            "the source's embedding of the crop's text"
+        )
     if out["epochs"] < 1 or out["lr"] <= 0 or out["batch_size"] < 1 or out["target_max_seq_length"] < 3:
         raise ValueError(
             f"static fit: epochs, lr, batch_size must be positive, target_max_seq_length >= 3: {out}"
@@ -547,6 +561,14 @@ def source_embeddings(
     return embedder.encode(list(texts))
 
 
+def _token_budget(tokenizer: Any, spec: Mapping[str, Any]) -> int:
+    """How many of a text's tokens the source reads: ``target_max_seq_length`` less its special tokens."""
+    with_specials = len(tokenizer.encode("a").ids)
+    return int(spec["target_max_seq_length"]) - (
+        with_specials - len(tokenizer.encode("a", add_special_tokens=False).ids)
+    )
+
+
 def fit_inputs(
     source: str,
     tokenizer: Any,
@@ -560,15 +582,77 @@ def fit_inputs(
     """What :func:`fit_tokens` fits on: each text's token ids (``tokenizer``, a ``tokenizers.Tokenizer`` of
     the source's vocabulary), cut where the source stops reading (``target_max_seq_length`` less its special
     tokens), and the source's embeddings of the texts (:func:`source_embeddings`)."""
-    with_specials = len(tokenizer.encode("a").ids)
-    budget = int(spec["target_max_seq_length"]) - (
-        with_specials - len(tokenizer.encode("a", add_special_tokens=False).ids)
-    )
+    budget = _token_budget(tokenizer, spec)
     pieces = [e.ids[:budget] for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
     targets = source_embeddings(
         source, texts, spec, device=device, cache_dir=cache_dir, show_progress=show_progress
     )
     return pieces, targets
+
+
+def crop_texts(
+    tokenizer: Any, texts: Sequence[str], crops: int, *, budget: int, seed: int
+) -> tuple[list[str], np.ndarray]:
+    """Random contiguous crops of ``texts``, ``crops`` per text, to fit on beside the whole texts.
+
+    Each crop is drawn within the first ``budget`` tokens of its text (what the source reads; ``tokenizer``, a
+    ``tokenizers.Tokenizer`` without padding, special tokens not added): a length ``L`` log-uniform in
+    [:data:`CROP_MIN_TOKENS`, n - 1] of the text's ``n`` tokens, a start uniform in [0, n - L], both ends then
+    widened to whole words (a crop never starts inside a word), and the crop is that span of the text's
+    characters. Texts under ``2 * CROP_MIN_TOKENS`` tokens get none; a crop equal to its text or to an earlier
+    crop of it is dropped. Deterministic for a ``seed``, and a text's first ``k`` crops do not depend on
+    ``crops >= k``.
+
+    Returns (the crops' texts, (len(crops),) int64 index of the text each came from).
+    """
+    if tokenizer.padding is not None:
+        raise ValueError("crop_texts: the tokenizer pads (call no_padding() first): pads are not text")
+    out: list[str] = []
+    parents: list[int] = []
+    for i, enc in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+        n = min(len(enc.ids), budget)
+        if n < 2 * CROP_MIN_TOKENS or crops < 1:
+            continue
+        words, offsets, text = enc.word_ids, enc.offsets, texts[i]
+        rng = np.random.default_rng([int(seed), i])  # one stream per text: k crops are the first k of k + 1
+        seen = {text.strip()}
+        low, high = np.log(CROP_MIN_TOKENS), np.log(n - 1)
+        for _ in range(crops):
+            length = min(max(round(float(np.exp(rng.uniform(low, high)))), CROP_MIN_TOKENS), n - 1)
+            start = int(rng.integers(0, n - length + 1))
+            first, last = start, start + length - 1
+            while first > 0 and words[first - 1] is not None and words[first - 1] == words[first]:
+                first -= 1
+            while last + 1 < len(words) and words[last + 1] is not None and words[last + 1] == words[last]:
+                last += 1
+            crop = text[offsets[first][0] : offsets[last][1]].strip()
+            if crop and crop not in seen:
+                seen.add(crop)
+                out.append(crop)
+                parents.append(i)
+    return out, np.asarray(parents, dtype=np.int64)
+
+
+def crop_inputs(
+    source: str,
+    tokenizer: Any,
+    texts: Sequence[str],
+    spec: Mapping[str, Any],
+    *,
+    device: str | None,
+    cache_dir: str | Path | None,
+    show_progress: bool,
+) -> tuple[list[list[int]], np.ndarray, np.ndarray] | None:
+    """The crops :func:`fit_tokens` also fits on (None when ``spec`` has none): their token ids and source
+    embeddings (:func:`fit_inputs` on :func:`crop_texts`), and the index of the text each came from."""
+    crops = int(spec.get("crops", 0))
+    if not crops:
+        return None
+    budget = _token_budget(tokenizer, spec)
+    pieces_texts, parents = crop_texts(tokenizer, texts, crops, budget=budget, seed=int(spec["seed"]))
+    pieces, targets = fit_inputs(source, tokenizer, pieces_texts, spec, device=device, cache_dir=cache_dir,
+                                 show_progress=show_progress)  # fmt: skip
+    return pieces, targets, parents
 
 
 def _rms(table: np.ndarray) -> float:
@@ -614,6 +698,7 @@ def fit_tokens(
     holdout: float = 0.1,
     seed: int = 0,
     trainable: np.ndarray | None = None,
+    extra: tuple[Sequence[Sequence[int]], np.ndarray, np.ndarray] | None = None,
     show_progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit a (V, d) token table so that its sentence embeddings (the mean of a text's token vectors, as
@@ -649,6 +734,27 @@ def fit_tokens(
     held, train = np.sort(order[:n_held]), order[n_held:]
     if len(train) < 2:
         raise ValueError(f"static fit: {len(train)} training texts with tokens; need at least 2")
+    arrays_all, y_all, train_all = arrays, targets, train
+    if extra is not None:
+        extra_pieces, extra_targets, extra_parents = extra
+        extra_parents = np.asarray(extra_parents, dtype=np.int64)
+        if not len(extra_pieces) == len(extra_targets) == len(extra_parents):
+            raise ValueError(
+                f"extra pairs: {len(extra_pieces)} pieces, {len(extra_targets)} targets, "
+                f"{len(extra_parents)} parents"
+            )
+        if len(extra_parents) and (extra_parents.min() < 0 or extra_parents.max() >= len(arrays)):
+            raise ValueError(f"extra pairs: parent indices must be in [0, {len(arrays)})")
+        in_train = np.zeros(len(arrays), dtype=bool)
+        in_train[train] = True
+        extra_arrays = [np.asarray(p, dtype=np.int64) for p in extra_pieces]
+        keep = np.array(
+            [j for j, p in enumerate(extra_arrays) if len(p) and in_train[extra_parents[j]]], dtype=np.int64
+        )
+        arrays_all = arrays + [extra_arrays[j] for j in keep]
+        if len(keep):
+            y_all = np.concatenate([targets, np.asarray(extra_targets, dtype=np.float32)[keep]])
+        train_all = np.concatenate([train, len(arrays) + np.arange(len(keep))])
     torch.manual_seed(seed)
     mask = (
         torch.ones(len(table), 1)
@@ -677,20 +783,22 @@ def fit_tokens(
     report: dict[str, Any] = {
         "n_train": len(train),
         "n_heldout": len(held),
+        **({} if extra is None else {"n_train_extra": len(train_all) - len(train)}),
         "train_loss_distilled": _cosine_loss(weight, arrays, train, y, linear),
         "heldout_loss_distilled": _cosine_loss(weight, arrays, held, y, linear),
     }
     optimiser = torch.optim.Adam([weight, linear], lr=lr)
-    steps = (len(train) + batch_size - 1) // batch_size
+    y_fit = torch.from_numpy(y_all)
+    steps = (len(train_all) + batch_size - 1) // batch_size
     bar = tqdm(total=epochs * steps, desc="fitting static tokens", disable=not show_progress)
     curve = []
     for _ in range(epochs):
-        perm = rng.permutation(train)
+        perm = rng.permutation(train_all)
         for start in range(0, len(perm), batch_size):
             rows = perm[start : start + batch_size]
-            flat, offsets = _bags(arrays, rows)
+            flat, offsets = _bags(arrays_all, rows)
             pred = torch.nn.functional.embedding_bag(flat, weight, offsets, mode="mean") @ linear
-            loss = (1.0 - torch.nn.functional.cosine_similarity(pred, y[rows], dim=1)).mean()
+            loss = (1.0 - torch.nn.functional.cosine_similarity(pred, y_fit[rows], dim=1)).mean()
             optimiser.zero_grad()
             loss.backward()
             weight.grad.mul_(mask)

@@ -233,6 +233,93 @@ def test_fitting_reduces_the_held_out_regression_loss_and_is_deterministic() -> 
         fit_tokens(start, pieces, targets[:-1])
 
 
+def test_extra_pairs_train_only_with_their_training_parent_and_the_losses_stay_on_whole_texts() -> None:
+    """Crops of held-out texts stay out of the fit; the split, the held-out set and its loss before the fit
+    do not move when pairs are added, and the pairs change the fitted table."""
+    from router_rl.static_encoder import fit_tokens
+
+    rng = np.random.default_rng(0)
+    vocab, dim = 50, 8
+    hidden = rng.normal(size=(vocab, 12)).astype(np.float32)
+    start = rng.normal(size=(vocab, dim)).astype(np.float32)
+    pieces = [list(rng.integers(0, vocab, size=int(rng.integers(4, 10)))) for _ in range(200)]
+
+    def embed(ps: list) -> np.ndarray:
+        y = np.stack([hidden[p].mean(axis=0) for p in ps])
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    crops = [p[: len(p) // 2] for p in pieces]
+    kwargs = {"epochs": 3, "lr": 1e-2, "batch_size": 32, "holdout": 0.25, "seed": 3}
+    base, plain = fit_tokens(start, pieces, embed(pieces), **kwargs)
+    extra = (crops, embed(crops), np.arange(200))
+    table, report = fit_tokens(start, pieces, embed(pieces), extra=extra, **kwargs)
+    assert report["n_train"] == 150 and report["n_heldout"] == 50 and report["n_train_extra"] == 150
+    assert report["heldout_loss_distilled"] == plain["heldout_loss_distilled"]
+    assert "n_train_extra" not in plain and not np.allclose(table, base)
+    # the crops of held-out texts are never fitted on: garbage targets for them change nothing
+    held = ~np.isin(np.arange(200), _train_rows(pieces, kwargs))
+    assert held.sum() == 50
+    noisy = embed(crops).copy()
+    noisy[held] = rng.normal(size=(int(held.sum()), 12))
+    again, _ = fit_tokens(start, pieces, embed(pieces), extra=(crops, noisy, np.arange(200)), **kwargs)
+    np.testing.assert_array_equal(again, table)
+    with pytest.raises(ValueError, match="parent indices"):
+        fit_tokens(start, pieces, embed(pieces), extra=(crops, embed(crops), np.arange(200) + 1))
+    with pytest.raises(ValueError, match="extra pairs"):
+        fit_tokens(start, pieces, embed(pieces), extra=(crops[:-1], embed(crops), np.arange(200)))
+
+
+def _train_rows(pieces: list, kwargs: dict) -> np.ndarray:
+    """The training texts fit_tokens draws (its seeded split, repeated here)."""
+    order = np.random.default_rng(kwargs["seed"]).permutation(len(pieces))
+    return order[int(round(kwargs["holdout"] * len(pieces))) :]
+
+
+def test_crops_are_word_aligned_spans_of_their_text_and_deterministic() -> None:
+    from tokenizers import Tokenizer
+
+    from router_rl.static_encoder import CROP_MIN_TOKENS, crop_texts
+
+    tokenizer = Tokenizer.from_file(str(Path(resolve_encoder(DEFAULT_ENCODER)) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    if tokenizer.padding is not None:
+        with pytest.raises(ValueError, match="no_padding"):
+            crop_texts(tokenizer, ["a b c d e f g h i j"], 1, budget=256, seed=0)
+    tokenizer.no_padding()
+    texts = [
+        "Routers decide which language model answers a prompt, trading quality against unbelievable costs.",
+        "Too short.",
+        "Tokenization splits uncharacteristically long words into pieces; crops must keep them whole.",
+    ]
+    crops, parents = crop_texts(tokenizer, texts, 5, budget=256, seed=0)
+    assert 1 not in parents.tolist() and set(parents.tolist()) == {0, 2}  # 3 tokens: under 2 * minimum
+    assert parents.tolist() == sorted(parents.tolist()) and len(crops) <= 10
+    for crop, parent in zip(crops, parents.tolist(), strict=True):
+        text = texts[parent]
+        at = text.find(crop)
+        assert at >= 0 and crop != text  # a contiguous span, never the whole text
+        # widened to whole words: the span neither starts nor ends inside a word
+        assert at == 0 or not (text[at - 1].isalnum() and text[at].isalnum())
+        end = at + len(crop)
+        assert end == len(text) or not (text[end - 1].isalnum() and text[end].isalnum())
+        assert len(tokenizer.encode(crop, add_special_tokens=False).ids) >= CROP_MIN_TOKENS
+    assert crop_texts(tokenizer, texts, 5, budget=256, seed=0)[0] == crops
+    assert crop_texts(tokenizer, texts, 5, budget=256, seed=1)[0] != crops
+    # a text's first crops do not depend on how many are drawn
+    fewer, fewer_parents = crop_texts(tokenizer, texts, 2, budget=256, seed=0)
+    for parent in (0, 2):
+        mine = [c for c, q in zip(crops, parents.tolist(), strict=True) if q == parent]
+        assert [c for c, q in zip(fewer, fewer_parents.tolist(), strict=True) if q == parent] == mine[:2]
+    # crops come from the tokens the source reads: within the first 8 tokens of the text
+    head, _ = crop_texts(tokenizer, texts[:1], 5, budget=8, seed=0)
+    enc = tokenizer.encode(texts[0], add_special_tokens=False)
+    limit = max(
+        end for (_, end), word in zip(enc.offsets, enc.word_ids, strict=True) if word == enc.word_ids[7]
+    )
+    assert head and all(texts[0].find(c) + len(c) <= limit for c in head)
+    assert crop_texts(tokenizer, texts, 0, budget=256, seed=0)[0] == []
+
+
 def test_fit_settings_name_the_corpus_and_stay_out_of_the_plain_key(tmp_path: Path) -> None:
     from router_rl.static_encoder import distill_settings, fit_settings
 
@@ -249,6 +336,13 @@ def test_fit_settings_name_the_corpus_and_stay_out_of_the_plain_key(tmp_path: Pa
     with pytest.raises(ValueError, match="anchor"):
         fit_settings({"corpus": str(corpus), "anchor": -1})
     assert len(fit_settings({})["corpus_sha256"]) == 64  # the bundled RouteLLM prompts by default
+    # crops join the key only when on: the fits made before they existed keep their ids
+    assert fit_settings({"corpus": str(corpus), "crops": 0}) == fit_settings({"corpus": str(corpus)})
+    assert "crops" not in fit_settings({"corpus": str(corpus)})
+    with_crops = distill_settings(fit={"corpus": str(corpus), "crops": 2})
+    assert with_crops["fit"]["crops"] == 2 and with_crops != distill_settings(fit={"corpus": str(corpus)})
+    with pytest.raises(ValueError, match="crops must be >= 0"):
+        fit_settings({"corpus": str(corpus), "crops": -1})
 
 
 WORDS = [
@@ -313,3 +407,9 @@ def test_distillation_with_a_fit_builds_its_own_cached_model(
 
     monkeypatch.setattr(static_encoder, "fit_tokens", no_refit)
     assert distill(DEFAULT_ENCODER, fit=fit, **kwargs) == (path, encoder_id)  # cached
+    monkeypatch.undo()
+    # with crops: another encoder, fitted on the prompts and their crops (of the training prompts only)
+    cropped, cropped_id = distill(DEFAULT_ENCODER, fit={**fit, "crops": 1}, **kwargs)
+    assert cropped_id not in (encoder_id, distilled["id"])
+    report = json.loads((cropped / "router_rl_static.json").read_text())["fit"]
+    assert report["n_train"] == 72 and 0 < report["n_train_extra"] <= 72
