@@ -270,6 +270,7 @@ class BlendLinUCB(LowRankLinUCB):
             "scores": scores,
             "rows": n,
             "best": best,
+            "from": self.stack_from,
             "epochs": self.net_epochs,
             "epoch_mse": epoch_mse,
         }

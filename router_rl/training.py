@@ -738,6 +738,10 @@ def run_comparison(
                 "run_id": tracker.run_id,
             }
         )
+        chosen = fitted_choices(final)
+        if chosen is not None:  # what the exported policy chose from its training prompts, and why
+            report["final_policy"] = chosen
+            print(f"[router-rl] {main_name}: {describe_choices(chosen)}")
         report_path = out_dir / "report.json"
         report_path.write_text(to_json(report))
         paths = [out_dir / "config.yaml", report_path, plot_frontier(report, out_dir / "pareto.png")]
@@ -751,6 +755,10 @@ def run_comparison(
         # eval/ metrics and the plots first: a run keeps its figures whatever the export does
         metrics_out = report_metrics(report)
         metrics_out.update({"perf/embed_seconds": setup.embed_seconds, "perf/train_seconds": train_seconds})
+        if chosen is not None:
+            metrics_out["final/mlp_weight"] = chosen["mlp_weight"]
+            if chosen["mlp_epochs"] is not None:
+                metrics_out["final/mlp_epochs"] = chosen["mlp_epochs"]
         tracker.log_metrics(metrics_out)
         for path in paths:
             tracker.log_artifact(path)
@@ -846,6 +854,39 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------- train / eval
+def fitted_choices(policy: Any) -> dict[str, Any] | None:
+    """What a fitted policy chose from its own training rows (``blend`` with ``mlp_weight: auto``: the weight,
+    the network's passes with ``stack_epochs``, the out-of-fold scores and test behind them); None otherwise."""
+    stacking = getattr(policy, "stacking", None)
+    if not stacking:
+        return None
+    return {
+        "mlp_weight": float(policy.mlp_weight),
+        "mlp_epochs": getattr(policy, "net_epochs", None),
+        "stacking": stacking,
+    }
+
+
+def describe_choices(chosen: dict[str, Any]) -> str:
+    """One line for the terminal: the weight and why (see :func:`fitted_choices`)."""
+    st, w = chosen["stacking"], chosen["mlp_weight"]
+    epochs = "" if chosen["mlp_epochs"] is None else f", {chosen['mlp_epochs']} passes chosen out of fold"
+    if st.get("grid") is None:
+        why = f"too few rows ({st['rows']}) to hold any out"
+    elif st.get("from") is None:
+        why = f"the best of the grid out of fold over {st['rows']} rows"
+    elif "test" not in st:
+        why = f"out of fold over {st['rows']} rows the best was {st['best']:g}, the prior: kept"
+    else:
+        t = st["test"]
+        verdict = "moved" if st["moved"] else f"kept {st['from']:g}"
+        why = (
+            f"out of fold over {st['rows']} rows the best was {st['best']:g}, its gain over {st['from']:g} "
+            f"{t['diff']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}] at {st['level']:g}: {verdict}"
+        )
+    return f"mlp_weight {w:g} (auto: {why}){epochs}"
+
+
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """``router-rl train``: the configured policy beside the baselines, then export; returns the report."""
     main_name = policy_label(cfg.policy)

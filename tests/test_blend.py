@@ -349,3 +349,19 @@ def test_stack_epochs_stops_early_on_noise_and_trains_on_with_signal() -> None:
     plain.warm_start(x, q, c, lat)
     assert plain.net_epochs is None and plain.stacking["epoch_mse"] is None and plain.net.epochs == 40
     assert noise.config()["stack_epochs"] is True and plain.config()["stack_epochs"] is False
+
+
+def test_the_chosen_weight_is_reported_with_its_reason() -> None:
+    from router_rl.training import describe_choices, fitted_choices
+
+    x, q, c, lat = noise_tables(0)
+    kept = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", stack_from=0.5, stack_level=0.99, device="cpu")
+    kept.warm_start(x, q, c, lat)
+    chosen = fitted_choices(kept)
+    assert chosen["mlp_weight"] == 0.5 and chosen["mlp_epochs"] is None and chosen["stacking"]["rows"] == 120
+    line = describe_choices(chosen)
+    assert line.startswith("mlp_weight 0.5 (auto: out of fold over 120 rows the best was ") and "kept" in line
+    tiny = BlendLinUCB(list(MODELS), DIM, mlp_weight="auto", stack_from=0.5, device="cpu")
+    tiny.warm_start(x[:4], q[:4], c[:4], lat[:4])
+    assert describe_choices(fitted_choices(tiny)) == "mlp_weight 0.5 (auto: too few rows (4) to hold any out)"
+    assert fitted_choices(fitted(0.5)) is None  # a fixed weight chose nothing

@@ -54,6 +54,15 @@ def test_train_writes_report_plot_artifact_and_logs_to_mlflow(debug_run: dict) -
         and run.data.metrics["train/blend/warm_start_prompts"] == 30
     )
     assert "train/reward_mean/fold0" not in run.data.metrics
+    # the exported blend's weight, chosen out of fold, and why: in report.json, MLflow and one printed line
+    chosen = report["final_policy"]
+    assert chosen["mlp_weight"] in chosen["stacking"]["grid"] and chosen["stacking"]["rows"] == 60
+    assert run.data.metrics["final/mlp_weight"] == chosen["mlp_weight"]
+    assert (
+        f"[router-rl] blend: mlp_weight {chosen['mlp_weight']:g} (auto: out of fold over 60 rows"
+        in (debug_run["stdout"])
+    )
+    assert load_artifact(out / "artifact", device="cpu").mlp_weight == chosen["mlp_weight"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "pareto.png", "config.yaml", "checkpoint", "router_artifact"} <= arts
     del mlflow
