@@ -22,6 +22,9 @@ Usage:
 
     python experiments/static_fit_study.py                                  # arena, about 10 min on 2 cores
     python experiments/static_fit_study.py --variants arena routellm        # + RouteLLM (about 15 min more)
+    python experiments/static_fit_study.py --sweep-only --sweep '[{"crops": 2, "epochs": 8}]'  # losses only
+    python experiments/static_fit_study.py --fit '{"crops": 2}' --compare-fit '{}' \
+        --sweep-results experiments/results/static_fit_sweep.json --out experiments/results/static_fit_crops
 
 Writes ``experiments/results/static_fit.json`` and ``experiments/results/static_fit.md``.
 """
@@ -163,16 +166,27 @@ def markdown(report: dict[str, Any]) -> str:
         "crop as its target (`router_rl.static_encoder.crop_texts`; only crops of training prompts; the losses "
         "are on whole prompts); `pairs`: the training pairs, prompts and crops.",
         "",
-        "| crops | pairs | lr | epochs | anchor | held-out loss: distilled | after the last epoch "
+        *(
+            [
+                f"Rows from `{report['sweep_results']['path']}`, made by "
+                + "; ".join(f"`{c}`" for c in report["sweep_results"]["commands"])
+                + ".",
+                "",
+            ]
+            if report.get("sweep_results")
+            else []
+        ),  # fmt: skip
+        "| crops | pairs | lr | batch | epochs | anchor | held-out loss: distilled | after the last epoch "
         "| best epoch (loss) | train loss | s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["sweep"]:
         f, curve = row["fit"], row["heldout_curve"]
         best = int(np.argmin(curve))
         pairs = row["n_train"] + row.get("n_train_extra", 0)
         lines.append(
-            f"| {f.get('crops', 0)} | {pairs:,} | {f['lr']:g} | {f['epochs']} | {f['anchor']:g} | "
+            f"| {f.get('crops', 0)} | {pairs:,} | {f['lr']:g} | {f['batch_size']} | {f['epochs']} | "
+            f"{f['anchor']:g} | "
             f"{row['heldout_loss_distilled']:.4f} | {row['heldout_loss']:.4f} | {best + 1} ({curve[best]:.4f}) | "
             f"{row['train_loss']:.4f} | {row['seconds']} |"
         )
@@ -263,8 +277,10 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     state_before = git_state()
+    given_rows = None
     if args.sweep_results is not None:
-        rows = json.loads(args.sweep_results.read_text())["sweep"]
+        given_rows = json.loads(args.sweep_results.read_text())
+        rows = given_rows["sweep"]
     else:
         rows = sweep(args.sweep, args.dim, args.sif_coefficient)
     if args.sweep_only:
@@ -306,6 +322,12 @@ def main() -> None:
         "git": {"before": state_before, "after": git_state()},
         "dim": args.dim,
         "sweep": rows,
+        "sweep_results": None
+        if given_rows is None
+        else {
+            "path": str(args.sweep_results),
+            "commands": given_rows.get("commands", [given_rows.get("command")]),
+        },
         "fit_settings": sidecar["settings"]["fit"],
         "fit_id": fit_id,
         "fit_report": sidecar["fit"],
