@@ -73,6 +73,7 @@ VARIANTS = [
 ]
 ZOO = [
     "default",
+    "blend_30passes",
     "blend_replay",
     "lowrank_warm",
     "linucb",
@@ -89,7 +90,7 @@ ZOO = [
 TWO_MODEL_EXTRA = ["routellm_mf"]
 PREVIOUS = {  # earlier defaults and tried variants of the default, as rivals: label -> (option, overrides)
     "blend_replay": ("blend", {"mlp_weight": 0.5, "warm_start": {"replay": True}}),
-    "stack_epochs": ("blend", {"stack_epochs": True}),  # the network's passes chosen out of fold (not kept)
+    "blend_30passes": ("blend", {"stack_epochs": False}),  # the network always trains mlp.epochs passes
 }
 
 

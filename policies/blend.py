@@ -101,8 +101,9 @@ class BlendLinUCB(LowRankLinUCB):
         stack_boot: bootstrap resamples of that test.
         stack_epochs: with ``mlp_weight: auto``, also choose the network's passes over the data out of fold:
             the fold networks train for ``mlp.epochs`` passes, their held-out estimates are kept after every
-            pass, and the final network trains for the number of passes whose out-of-fold quality MSE is the
-            least (early stopping by cross-validation; the stacking then scores those estimates).
+            pass, each pass's estimates blended at the prior weight (``stack_from``, else one half) are scored
+            by ``stack_by``, and the final network trains for the best-scoring number of passes (early stopping
+            by cross-validation; the weight's stacking then scores those estimates).
         mlp: the network's settings (``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``; see
             :class:`~router_rl.policies.mlp.MLPRouter`).
         device: where the network trains (``auto``: cuda when available).
@@ -254,11 +255,14 @@ class BlendLinUCB(LowRankLinUCB):
 
             net.fit(x[fit], quality[fit], cost[fit], latency[fit], on_epoch=keep if passes else None)
             net_oof[:, held] = net.estimates(x[held])[:2]
-        epoch_mse = None
-        if passes:
-            seen = np.isfinite(quality)
-            epoch_mse = [float(np.mean((est[0] - quality)[seen] ** 2)) for est in per_pass]
-            self.net_epochs = int(np.argmin(epoch_mse)) + 1
+        epoch_scores = None
+        if passes:  # each pass's network blended at the prior weight, scored as the weight is
+            prior_weight = 0.5 if self.stack_from is None else self.stack_from
+            epoch_scores = [
+                self._stack_score((1 - prior_weight) * linear_oof + prior_weight * est, quality, cost)
+                for est in per_pass
+            ]
+            self.net_epochs = int(np.argmax(epoch_scores)) + 1
             net_oof = per_pass[self.net_epochs - 1]
         grid = STACK_GRID[STACK_GRID <= self.stack_max + 1e-12]  # noqa: SIM300
         blends = [(1 - b) * linear_oof + b * net_oof for b in grid]
@@ -272,7 +276,7 @@ class BlendLinUCB(LowRankLinUCB):
             "best": best,
             "from": self.stack_from,
             "epochs": self.net_epochs,
-            "epoch_mse": epoch_mse,
+            "epoch_scores": epoch_scores,
         }
         if self.stack_from is None or best == self.stack_from:
             return best
