@@ -18,6 +18,8 @@ With ``fit`` (opt-in, off by default) the distilled table is then fitted to the 
 of a corpus of prompts (tokenlearn's idea, :func:`fit_tokens`: the mean of a prompt's token vectors, through
 a linear map, regresses the source's embedding of the prompt; then projected back to ``dim``), by default
 the bundled RouteLLM prompts (no labels); the fit settings and the corpus's sha256 join the cache key.
+``crops`` (off by default) adds random word-aligned crops of each training prompt as pairs of their own,
+each with the source's embedding of the crop as its target (:func:`crop_texts`).
 """
 
 from __future__ import annotations
