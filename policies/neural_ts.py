@@ -21,6 +21,7 @@ that bandit feedback then keeps refining (warm start as in PILOT). Device: the M
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -131,8 +132,8 @@ class NeuralLinearTS(MLPRouter):
     def _after_update(self, x: np.ndarray, actions: np.ndarray, y: np.ndarray) -> None:
         self.heads._observe(add_bias(self.features(x)), actions, y)
 
-    def _retrain(self) -> None:
-        super()._retrain()
+    def _retrain(self, on_epoch: Callable[[int], Any] | None = None) -> None:
+        super()._retrain(on_epoch)
         self._refit_heads()
 
     def _refit_heads(self) -> None:
