@@ -254,7 +254,8 @@ class BlendLinUCB(LowRankLinUCB):
                 per_pass[done - 1][:, held] = net.estimates(x[held])[:2]
 
             net.fit(x[fit], quality[fit], cost[fit], latency[fit], on_epoch=keep if passes else None)
-            net_oof[:, held] = net.estimates(x[held])[:2]
+            if not passes:  # with passes, the chosen pass's estimates are kept in per_pass
+                net_oof[:, held] = net.estimates(x[held])[:2]
         epoch_scores = None
         if passes:  # each pass's network blended at the prior weight, scored as the weight is
             prior_weight = 0.5 if self.stack_from is None else self.stack_from
