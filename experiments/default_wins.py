@@ -91,6 +91,7 @@ TWO_MODEL_EXTRA = ["routellm_mf"]
 PREVIOUS = {  # earlier defaults and tried variants of the default, as rivals: label -> (option, overrides)
     "blend_replay": ("blend", {"mlp_weight": 0.5, "warm_start": {"replay": True}}),
     "blend_30passes": ("blend", {"stack_epochs": False}),  # the network always trains mlp.epochs passes
+    "blend_once": ("blend", {"stack_repick": False}),  # passes chosen at the prior weight even when it moves
 }
 
 

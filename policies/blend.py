@@ -104,6 +104,8 @@ class BlendLinUCB(LowRankLinUCB):
             pass, each pass's estimates blended at the prior weight (``stack_from``, else one half) are scored
             by ``stack_by``, and the final network trains for the best-scoring number of passes (early stopping
             by cross-validation; the weight's stacking then scores those estimates).
+        stack_repick: with ``stack_epochs``, when the weight moves from ``stack_from``, choose the passes again
+            by the score of the blend at the weight moved to (the same per-pass estimates; no more training).
         mlp: the network's settings (``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``; see
             :class:`~router_rl.policies.mlp.MLPRouter`).
         device: where the network trains (``auto``: cuda when available).
@@ -131,6 +133,7 @@ class BlendLinUCB(LowRankLinUCB):
         stack_level: float = 0.95,
         stack_boot: int = 500,
         stack_epochs: bool = False,
+        stack_repick: bool = False,
         mlp: dict[str, Any] | None = None,
         device: str = "auto",
         seed: int = 0,
@@ -177,6 +180,7 @@ class BlendLinUCB(LowRankLinUCB):
         self.stack_from = None if stack_from is None else float(stack_from)
         self.stack_max, self.stack_level = float(stack_max), float(stack_level)
         self.stack_boot, self.stack_epochs = int(stack_boot), bool(stack_epochs)
+        self.stack_repick = bool(stack_repick)
         self.net_epochs: int | None = None  # stack_epochs: the passes chosen out of fold
         self.stacking: dict[str, Any] | None = None  # auto: the grid and its out-of-fold scores
         self.mlp_config = {**MLP_DEFAULTS, **dict(mlp or {})}
@@ -287,6 +291,12 @@ class BlendLinUCB(LowRankLinUCB):
         self.stacking.update(
             {"from": self.stack_from, "level": self.stack_level, "test": test, "moved": moved}
         )
+        if moved and passes and self.stack_repick:  # the passes again, scored at the weight moved to
+            at_weight = [
+                self._stack_score((1 - best) * linear_oof + best * est, quality, cost) for est in per_pass
+            ]
+            self.net_epochs = int(np.argmax(at_weight)) + 1
+            self.stacking.update({"epochs": self.net_epochs, "epoch_scores_at_weight": at_weight})
         return best if moved else self.stack_from
 
     def _stack_score(self, est: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> float:
@@ -367,6 +377,7 @@ class BlendLinUCB(LowRankLinUCB):
             "stack_level": self.stack_level,
             "stack_boot": self.stack_boot,
             "stack_epochs": self.stack_epochs,
+            "stack_repick": self.stack_repick,
             "mlp": dict(self.mlp_config),
             "device": self.device_name,
             "seed": self.seed,

@@ -357,6 +357,32 @@ def test_stack_epochs_trains_the_passes_that_scored_best_out_of_fold(stack_by: s
     assert noise.config()["stack_epochs"] is True and plain.config()["stack_epochs"] is False
 
 
+def test_stack_repick_chooses_the_passes_again_at_the_weight_moved_to() -> None:
+    settings = {
+        "mlp_weight": "auto", "stack_epochs": True, "stack_from": 0.5, "stack_max": 0.9,
+        "mlp": {"epochs": 40, "lr": 0.01}, "device": "cpu",
+    }  # fmt: skip
+    x, q, c, lat = tables(1000)
+    once = BlendLinUCB(list(MODELS), DIM, **settings)
+    once.warm_start(x, q, c, lat)
+    again = BlendLinUCB(list(MODELS), DIM, stack_repick=True, **settings)
+    again.warm_start(x, q, c, lat)
+    assert once.stacking["moved"] and again.mlp_weight == once.mlp_weight > 0.5  # the same folds, same move
+    assert once.net_epochs == int(np.argmax(once.stacking["epoch_scores"])) + 1  # scored at 0.5
+    at_weight = again.stacking["epoch_scores_at_weight"]
+    assert len(at_weight) == 40 and "epoch_scores_at_weight" not in once.stacking
+    assert again.net_epochs == int(np.argmax(at_weight)) + 1 == again.stacking["epochs"] == again.net.epochs
+    assert max(at_weight) > at_weight[once.net_epochs - 1] or again.net_epochs == once.net_epochs
+    assert again.config()["stack_repick"] is True and once.config()["stack_repick"] is False
+    noise = noise_tables(0, n=300)  # the weight stays at its prior: nothing to choose again
+    kept = BlendLinUCB(list(MODELS), DIM, stack_repick=True, **settings)
+    kept.warm_start(*noise)
+    plain = BlendLinUCB(list(MODELS), DIM, **settings)
+    plain.warm_start(*noise)
+    assert kept.mlp_weight == 0.5 and kept.net_epochs == plain.net_epochs
+    assert "epoch_scores_at_weight" not in kept.stacking
+
+
 def test_the_chosen_weight_is_reported_with_its_reason() -> None:
     from router_rl.training import describe_choices, fitted_choices
 
