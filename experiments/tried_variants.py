@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from router_rl.policies.blend import STACK_GRID, BlendLinUCB  # noqa: E402
 from router_rl.policies.knn import KNNRouter  # noqa: E402
-from router_rl.policies.lowrank import LowRankLinUCB  # noqa: E402
 
 TRIED = {  # label -> (option, overrides), as default_wins.PREVIOUS
     "blend_knn": ("blend", {"_target_": "tried_variants.BlendKNN", "knn_gate": 0.99}),
@@ -41,31 +40,25 @@ TRIED = {  # label -> (option, overrides), as default_wins.PREVIOUS
 
 def fold_estimates(policy: BlendLinUCB, x, quality, cost, latency, weight: float) -> tuple[np.ndarray, ...]:
     """(2, N, K) out-of-fold quality and cost estimates of the linear heads, the network (at the chosen
-    passes) and kNN on the stacking's folds, and the fold of every row."""
+    passes) and kNN on the blend's stacking folds (its fold ids and fold models; the first two are trained
+    again here, a study's cost, to leave the policy's own stacking untouched)."""
     x, quality, cost = (
         np.asarray(x),
         np.asarray(quality, dtype=np.float64),
         np.asarray(cost, dtype=np.float64),
     )
     latency = np.asarray(latency, dtype=np.float64)
-    folds = np.random.default_rng([policy.seed, 11]).permutation(len(x)) % policy.stack_folds
+    folds = policy._stack_fold_ids(len(x))
     linear, net, knn = (np.full((2, *quality.shape), np.nan) for _ in range(3))
     for f in range(policy.stack_folds):
         fit, held = folds != f, folds == f
-        part = LowRankLinUCB(
-            list(policy.models), policy.dim, ridge=policy.ridge, bias_ridge=policy.bias_ridge,
-            rank=policy.rank, refit_every=policy.refit_every, prior_iters=policy.prior_iters,
-        )  # fmt: skip
-        part.warm_start(x[fit], quality[fit], cost[fit], latency[fit], weight=weight)
+        rows = (x[fit], quality[fit], cost[fit], latency[fit])
+        part = policy._linear_part()
+        part.warm_start(*rows, weight=weight)
         linear[:, held] = part.estimates(x[held])[:2]
-        net[:, held] = (
-            policy._new_net().fit(x[fit], quality[fit], cost[fit], latency[fit]).estimates(x[held])[:2]
-        )
-        neighbours = KNNRouter(list(policy.models), policy.dim).fit(
-            x[fit], quality[fit], cost[fit], latency[fit]
-        )
-        knn[:, held] = neighbours.estimates(x[held])[:2]
-    return linear, net, knn, folds
+        net[:, held] = policy._new_net().fit(*rows).estimates(x[held])[:2]
+        knn[:, held] = KNNRouter(list(policy.models), policy.dim).fit(*rows).estimates(x[held])[:2]
+    return linear, net, knn
 
 
 class BlendKNN(BlendLinUCB):
@@ -89,7 +82,7 @@ class BlendKNN(BlendLinUCB):
         super().warm_start(x, quality, cost, latency, weight=weight)
         if not (self.auto_weight and self.fitted and len(x) >= 2 * self.stack_folds):
             return
-        linear, net, knn, _ = fold_estimates(self, x, quality, cost, latency, weight)
+        linear, net, knn = fold_estimates(self, x, quality, cost, latency, weight)
         quality, cost = np.asarray(quality, dtype=np.float64), np.asarray(cost, dtype=np.float64)
         blend = (1.0 - self.mlp_weight) * linear + self.mlp_weight * net
         knn = np.where(np.isfinite(knn), knn, blend)
@@ -99,9 +92,7 @@ class BlendKNN(BlendLinUCB):
         best = int(np.argmax(scores))
         moved = grid[best] > 0
         if moved and self.knn_gate is not None:
-            level, self.stack_level = self.stack_level, float(self.knn_gate)
-            moved = self._stack_test(mixes[best], blend, quality, cost)["low"] > 0.0
-            self.stack_level = level
+            moved = self._stack_test(mixes[best], blend, quality, cost, level=self.knn_gate)["low"] > 0.0
         self.knn_weight = float(grid[best]) if moved else 0.0
         if self.knn_weight > 0:
             self.knn.fit(x, quality, cost, latency)
@@ -128,12 +119,8 @@ class BlendEnsemble(BlendLinUCB):
         super().warm_start(x, quality, cost, latency, weight=weight)
         if not self.fitted:
             return
-        nets, seed = [self.net], self.seed
-        for j in range(1, self.n_nets):
-            self.seed = seed * 1000 + 7 * j + 1
-            nets.append(self._new_net().fit(x, quality, cost, latency))
-        self.seed = seed
-        self.net = _Average(nets)
+        others = [self._new_net(seed=self.seed * 1000 + 7 * j + 1) for j in range(1, self.n_nets)]
+        self.net = _Average([self.net, *(net.fit(x, quality, cost, latency) for net in others)])
 
 
 if __name__ == "__main__":

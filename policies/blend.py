@@ -189,11 +189,25 @@ class BlendLinUCB(LowRankLinUCB):
         self.net = self._new_net()
         self.fitted = False
 
-    def _new_net(self) -> MLPRouter:
+    def _new_net(self, seed: int | None = None) -> MLPRouter:
+        """An untrained network with the policy's settings (the passes chosen, if any), seeded by ``seed``
+        (default: the policy's seed)."""
         settings = {**self.mlp_config, **({} if self.net_epochs is None else {"epochs": self.net_epochs})}
+        seed = self.seed if seed is None else int(seed)
         return MLPRouter(
-            list(self.models), self.dim, device=self.device_name, seed=self.seed, epsilon=0.0, **settings
+            list(self.models), self.dim, device=self.device_name, seed=seed, epsilon=0.0, **settings
         )
+
+    def _stack_fold_ids(self, n: int) -> np.ndarray:
+        """(n,) the stacking fold of every warm-start row (seeded by the policy's seed)."""
+        return np.random.default_rng([self.seed, 11]).permutation(n) % self.stack_folds
+
+    def _linear_part(self) -> LowRankLinUCB:
+        """Linear heads with the policy's settings, for a stacking fold."""
+        return LowRankLinUCB(
+            list(self.models), self.dim, ridge=self.ridge, bias_ridge=self.bias_ridge, rank=self.rank,
+            refit_every=self.refit_every, prior_iters=self.prior_iters,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------- estimates
     @property
@@ -230,7 +244,7 @@ class BlendLinUCB(LowRankLinUCB):
         x, quality = np.asarray(x), np.asarray(quality, dtype=np.float64)
         n = len(x)
         self.net_epochs = None  # the folds train for mlp.epochs passes
-        folds = np.random.default_rng([self.seed, 11]).permutation(n) % self.stack_folds
+        folds = self._stack_fold_ids(n)
         if n < 2 * self.stack_folds:  # too few rows to hold any out: the prior, else an even blend
             self.stacking = {"by": self.stack_by, "grid": None, "scores": None, "rows": n}
             return 0.5 if self.stack_from is None else self.stack_from
@@ -241,15 +255,7 @@ class BlendLinUCB(LowRankLinUCB):
         per_pass = np.full((passes, 2, *quality.shape), np.nan)  # stack_epochs: held-out estimates per pass
         for f in range(self.stack_folds):
             fit, held = folds != f, folds == f
-            part = LowRankLinUCB(
-                list(self.models),
-                self.dim,
-                ridge=self.ridge,
-                bias_ridge=self.bias_ridge,
-                rank=self.rank,
-                refit_every=self.refit_every,
-                prior_iters=self.prior_iters,
-            )
+            part = self._linear_part()
             part.warm_start(x[fit], quality[fit], cost[fit], latency[fit], weight=weight)
             linear_oof[:, held] = part.estimates(x[held])[:2]
             net = self._new_net()
@@ -260,13 +266,15 @@ class BlendLinUCB(LowRankLinUCB):
             net.fit(x[fit], quality[fit], cost[fit], latency[fit], on_epoch=keep if passes else None)
             if not passes:  # with passes, the chosen pass's estimates are kept in per_pass
                 net_oof[:, held] = net.estimates(x[held])[:2]
-        epoch_scores = None
-        if passes:  # each pass's network blended at the prior weight, scored as the weight is
-            prior_weight = 0.5 if self.stack_from is None else self.stack_from
-            epoch_scores = [
-                self._stack_score((1 - prior_weight) * linear_oof + prior_weight * est, quality, cost)
-                for est in per_pass
+
+        def pass_scores(beta: float) -> list[float]:  # each pass's network blended at beta, scored as beta is
+            return [
+                self._stack_score((1 - beta) * linear_oof + beta * est, quality, cost) for est in per_pass
             ]
+
+        epoch_scores = None
+        if passes:
+            epoch_scores = pass_scores(0.5 if self.stack_from is None else self.stack_from)
             self.net_epochs = int(np.argmax(epoch_scores)) + 1
             net_oof = per_pass[self.net_epochs - 1]
         grid = STACK_GRID[STACK_GRID <= self.stack_max + 1e-12]  # noqa: SIM300
@@ -292,9 +300,7 @@ class BlendLinUCB(LowRankLinUCB):
             {"from": self.stack_from, "level": self.stack_level, "test": test, "moved": moved}
         )
         if moved and passes and self.stack_repick:  # the passes again, scored at the weight moved to
-            at_weight = [
-                self._stack_score((1 - best) * linear_oof + best * est, quality, cost) for est in per_pass
-            ]
+            at_weight = pass_scores(best)
             self.net_epochs = int(np.argmax(at_weight)) + 1
             self.stacking.update({"epochs": self.net_epochs, "epoch_scores_at_weight": at_weight})
         return best if moved else self.stack_from
@@ -306,8 +312,12 @@ class BlendLinUCB(LowRankLinUCB):
             return -float(np.mean((est[0] - quality)[seen] ** 2))
         return _routing_aiq(est, quality, cost)
 
-    def _stack_test(self, best: np.ndarray, prior: np.ndarray, quality, cost) -> dict[str, float]:
-        """The paired bootstrap over out-of-fold rows of the best blend's score minus the prior blend's."""
+    def _stack_test(
+        self, best: np.ndarray, prior: np.ndarray, quality, cost, level: float | None = None
+    ) -> dict[str, float]:
+        """The paired bootstrap over out-of-fold rows of the best blend's score minus the prior blend's, at
+        ``level`` (default ``stack_level``)."""
+        level = self.stack_level if level is None else float(level)
         from router_rl.metrics import paired_bootstrap_aiq
 
         if self.stack_by == "mse":
@@ -323,14 +333,14 @@ class BlendLinUCB(LowRankLinUCB):
                 0, len(gain), (self.stack_boot, len(gain))
             )
             boot = gain[draws].sum(axis=1) / cells[draws].sum(axis=1)
-            tail = (1.0 - self.stack_level) / 2.0
+            tail = (1.0 - level) / 2.0
             low, high = np.quantile(boot, [tail, 1.0 - tail])
             return {"diff": float(gain.sum() / cells.sum()), "low": float(low), "high": float(high)}
         qa, ca = _sweep_outcomes(best, quality, cost)
         qb, cb = _sweep_outcomes(prior, quality, cost)
         out = paired_bootstrap_aiq(
             qa[None], ca[None], qb[None], cb[None], max_cost=_sweep_max_cost(cost, ca, cb),
-            n_boot=self.stack_boot, level=self.stack_level, seed=self.seed,
+            n_boot=self.stack_boot, level=level, seed=self.seed,
         )  # fmt: skip
         return {k: float(out[k]) for k in ("diff", "low", "high")}
 
