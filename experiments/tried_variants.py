@@ -14,6 +14,9 @@ latest stop") and ``results/tried_*.md``. Recompute them with, for example::
   seeds for the passes chosen out of fold (an average of one-hidden-layer networks is one wider network, so
   it would serve unchanged).
 - ``blend_max1``: ``stack_max: 1.0``, the weight may give the network the whole estimate.
+- ``blend_std`` / ``mlp_std``: the network trains on standardised inputs (``mlp.standardize: true``, the
+  scaling folded into its first layer), in the blend and in the MLP alone (run with ``--override
+  embedder=static`` for the static encoder).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ TRIED = {  # label -> (option, overrides), as default_wins.PREVIOUS
     "blend_ens3": ("blend", {"_target_": "tried_variants.BlendEnsemble", "n_nets": 3}),
     "blend_ens5": ("blend", {"_target_": "tried_variants.BlendEnsemble", "n_nets": 5}),
     "blend_max1": ("blend", {"stack_max": 1.0}),
+    "blend_std": ("blend", {"mlp": {"standardize": True}}),
+    "mlp_std": ("mlp", {"standardize": True}),
 }
 
 

@@ -52,6 +52,7 @@ MLP_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "lr": 1e-3,
     "weight_decay": 1e-3,
+    "standardize": False,
 }
 
 

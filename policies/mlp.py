@@ -44,6 +44,8 @@ class MLPRouter:
         buffer_size: most recent distinct contexts kept for retraining (``fit`` rows count too).
         device: ``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1``...
         seed: seeds the initial weights and the minibatch order.
+        standardize: train on inputs centred and scaled per dimension over the training rows (folded into
+            the first layer afterwards: the network and its export take raw embeddings).
     """
 
     name = "mlp"
@@ -63,6 +65,7 @@ class MLPRouter:
         buffer_size: int = 100_000,
         device: str = "auto",
         seed: int = 0,
+        standardize: bool = False,
     ) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"{self.name}: epsilon must lie in [0, 1], got {epsilon}")
@@ -76,6 +79,7 @@ class MLPRouter:
         self.epochs, self.train_every, self.batch_size = int(epochs), int(train_every), int(batch_size)
         self.lr, self.weight_decay, self.epsilon = float(lr), float(weight_decay), float(epsilon)
         self.buffer_size, self.device_name, self.seed = int(buffer_size), str(device), int(seed)
+        self.standardize = bool(standardize)
         self.device = tm.resolve_device(device)
         self.net = tm.build_mlp(self.dim, self.hidden, tm.HEADS * len(self.models), seed=self.seed).to(
             self.device
@@ -210,6 +214,7 @@ class MLPRouter:
             seed=self.seed + self.n_trainings,
             device=self.device,
             on_epoch=None if on_epoch is None else hook,
+            standardize=self.standardize,
         )
         self.n_trainings += 1
 

@@ -95,6 +95,7 @@ def fit_masked(
     seed: int,
     device: Any,
     on_epoch: Callable[[int, np.ndarray, np.ndarray], Any] | None = None,
+    standardize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Train ``net`` in place on the count-weighted masked MSE of standardised targets (Adam, minibatches).
 
@@ -103,6 +104,10 @@ def fit_masked(
             unobserved); mask: (N, C) observation counts n_ij (0 where unobserved; 0/1 for one observation).
     Returns:
         (column means (C,), column sds (C,), last epoch's mean loss); predictions are ``out * sd + mean``.
+
+    ``standardize``: the network trains on inputs centred and scaled per dimension (count-weighted mean and
+    sd over the rows, :func:`input_stats`), and the scaling is folded into its first layer, so ``net`` takes
+    raw inputs whenever ``on_epoch`` runs and once this returns (nothing downstream sees the difference).
 
     An epoch is N rows. When every row holds the same total count (e.g. a full table of distinct prompts) the
     rows are shuffled and a minibatch's loss is ``sum n e / sum n`` over its cells. Otherwise rows are drawn
@@ -117,7 +122,11 @@ def fit_masked(
     mean, sd = column_stats(y, mask)
     row_w = mask.sum(axis=1)
     uniform = bool(np.all(row_w == row_w[0])) if len(row_w) else True
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+    x = np.asarray(x, dtype=np.float32)
+    shift, scale = input_stats(x, row_w) if standardize else (None, None)
+    if shift is not None:
+        x = ((x - shift) / scale).astype(np.float32)
+    xt = torch.as_tensor(x, device=device)
     yt = torch.as_tensor(((y - mean) / sd).astype(np.float32), device=device)
     cell_w = mask if uniform else mask / np.maximum(row_w, 1e-300)[:, None]
     mt = torch.as_tensor(cell_w.astype(np.float32), device=device)
@@ -145,12 +154,59 @@ def fit_masked(
             loss_sum /= max(n_batches, 1)
             if on_epoch is not None:
                 net.eval()
-                stop = on_epoch(epoch + 1, mean, sd)
+                with _raw_inputs(net, shift, scale):
+                    stop = on_epoch(epoch + 1, mean, sd)
                 net.train()
                 if stop:
                     break
     net.eval()
+    if shift is not None:
+        _fold_inputs(net, shift, scale)
     return mean, sd, loss_sum
+
+
+def input_stats(x: np.ndarray, row_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and sd (floored at 1e-4) of the rows of ``x``, each weighted by ``row_w`` (its
+    observation count: a context counts with its multiplicity, as in the loss)."""
+    w = np.asarray(row_w, dtype=np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(x), 1.0 / max(len(x), 1))
+    x64 = np.asarray(x, dtype=np.float64)
+    shift = w @ x64
+    scale = np.sqrt(np.maximum(w @ (x64 - shift) ** 2, 0.0))
+    return shift, np.maximum(scale, 1e-4)
+
+
+def _fold_inputs(net: Any, shift: np.ndarray, scale: np.ndarray) -> None:
+    """Make the first layer take raw inputs: ``W (x - shift) / scale + b = (W / scale) x + b - (W / scale)
+    shift``."""
+    import torch
+
+    first = net[0]
+    with torch.no_grad():
+        w = first.weight.double() / torch.as_tensor(scale, dtype=torch.float64, device=first.weight.device)
+        b = first.bias.double() - w @ torch.as_tensor(shift, dtype=torch.float64, device=first.weight.device)
+        first.weight.copy_(w.to(first.weight.dtype))
+        first.bias.copy_(b.to(first.bias.dtype))
+
+
+@contextmanager
+def _raw_inputs(net: Any, shift: np.ndarray | None, scale: np.ndarray | None) -> Iterator[None]:
+    """Within the block ``net`` takes raw inputs (its first layer folded); after it, the trained parameters
+    exactly as they were (training goes on from them)."""
+    if shift is None:
+        yield
+        return
+    first = net[0]
+    saved = first.weight.detach().clone(), first.bias.detach().clone()
+    _fold_inputs(net, shift, scale)
+    try:
+        yield
+    finally:
+        import torch
+
+        with torch.no_grad():
+            first.weight.copy_(saved[0])
+            first.bias.copy_(saved[1])
 
 
 def forward_numpy(net: Any, x: np.ndarray, device: Any, *, upto: int | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -326,6 +327,44 @@ def test_fit_masked_on_epoch_sees_every_pass_and_can_stop_it() -> None:
     _, three = trained(3)
     assert all(torch.equal(stopped[k], three[k]) for k in three)  # the same net as three passes alone
     assert trained(4)[0] == [1, 2, 3, 4]
+
+
+def test_fit_masked_standardize_folds_the_scaling_into_the_first_layer() -> None:
+    """Standardised training fits badly scaled inputs (a tiny and a huge dimension carry the signal) far
+    better, and the net takes raw inputs in every ``on_epoch`` call and afterwards: its outputs there are
+    exactly those of the returned network, the fold reproduces the standardised net and the next pass starts
+    from the unfolded parameters (the same result with or without a hook)."""
+    import torch
+
+    from router_rl.policies import torch_mlp as tm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)) * np.array([1e-3, 1.0, 1.0, 1.0, 1.0, 50.0]) + 5.0
+    y = np.c_[np.tanh(x[:, 0] * 2e3), np.tanh(x[:, 5] / 50.0), x[:, 1]]
+    mask = np.ones_like(y)
+    cpu = torch.device("cpu")
+
+    def fit(standardize: bool, hook: bool = False) -> tuple[Any, np.ndarray, list[np.ndarray]]:
+        net = tm.build_mlp(6, [32], 3, seed=1)
+        seen: list[np.ndarray] = []
+
+        def on_epoch(done: int, mean: np.ndarray, sd: np.ndarray) -> None:
+            seen.append(tm.forward_numpy(net, x, cpu) * sd + mean)
+
+        mean, sd, _ = tm.fit_masked(
+            net, x, y, mask, epochs=40, batch_size=32, lr=1e-2, weight_decay=0.0, seed=2, device=cpu,
+            on_epoch=on_epoch if hook else None, standardize=standardize,
+        )  # fmt: skip
+        return net, tm.forward_numpy(net, x, cpu) * sd + mean, seen
+
+    _, raw, _ = fit(False)
+    net, std, seen = fit(True, hook=True)
+    mse_raw, mse_std = ((raw - y) ** 2).mean(), ((std - y) ** 2).mean()
+    assert mse_std < 0.25 * mse_raw  # the raw net cannot use the 1e-3-scale dimension
+    np.testing.assert_allclose(seen[-1], std, atol=1e-6)  # the hook saw the folded (raw-input) network
+    _, unhooked, _ = fit(True)
+    np.testing.assert_allclose(unhooked, std, atol=1e-5)  # folding for the hook did not disturb training
+    assert len(seen) == 40
 
 
 @pytest.mark.parametrize("stack_by", ["mse", "aiq"])
