@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,6 +71,7 @@ def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     install = [str(python), "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
     if LOCK.is_file():  # the versions CI vetted (hashes stay with the lock's own install)
         pins = [line.split(" --hash")[0] for line in LOCK.read_text().splitlines() if line and line[0] != "#"]
+        pins = sorted({re.sub(r"\[.*\]", "", pin) for pin in pins})  # a constraint takes no extras
         (root / "constraints.txt").write_text("\n".join(pins) + "\n")
         install += ["-c", str(root / "constraints.txt")]
     wanted = ["torch==2.13.0", str(wheel)]  # CPU torch first, as the README says
