@@ -11,21 +11,27 @@ changed on the index after the lock was written, or one that nobody pinned, fail
 running. A package that some dependency asks for with extras (litellm wants ``httpx[http2]``) is pinned
 a second time with them (``httpx[http2]==0.28.1`` beside ``httpx==0.28.1``): pip 23's resolver treats
 ``httpx[http2]`` as a project of its own, and without that pin it looks at the newest release for it and, in
-hash-checking mode, stops at once. The header records a digest of pyproject.toml's requirement lists, so a change there without a new
-lock fails CI with a message naming this script.
+hash-checking mode, stops at once. The header records a digest of pyproject.toml's requirement lists, so a
+change there without a new lock fails CI with a message naming this script.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import tomllib
+
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # a bare interpreter (CI runs --check before its venv exists): pip vendors packaging
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / ".ci" / "requirements.lock"
@@ -74,23 +80,16 @@ def extras_asked(items: list[dict]) -> dict[str, set[str]]:
     A fixed point over the report's ``requires_dist``: a requirement counts when its marker holds with no extra
     or with one of the extras its own package was asked for (``foo[bar]; extra == "proxy"`` counts only when the
     package was asked for ``proxy``)."""
-    try:
-        from packaging.requirements import Requirement
-        from packaging.utils import canonicalize_name
-    except ImportError:  # a bare interpreter: pip vendors packaging
-        from pip._vendor.packaging.requirements import Requirement
-        from pip._vendor.packaging.utils import canonicalize_name
-
-    by_name = {canonicalize_name(item["metadata"]["name"]): item for item in items}
+    by_name = {_canonical(item["metadata"]["name"]): item for item in items}
     asked: dict[str, set[str]] = {name: set() for name in by_name}
-    asked[canonicalize_name("router-rl")] = {EXTRAS}
+    asked[_canonical("router-rl")] = {EXTRAS}
     changed = True
     while changed:
         changed = False
         for name, item in by_name.items():
             for text in item["metadata"].get("requires_dist", []):
                 req = Requirement(text)
-                target = canonicalize_name(req.name)
+                target = _canonical(req.name)
                 if not req.extras or target not in asked:
                     continue
                 contexts = [""] + sorted(asked[name])
@@ -135,8 +134,8 @@ def resolve(upgrade: bool) -> list[str]:
 
 
 def _canonical(name: str) -> str:
-    """PEP 503's normalised name, as packaging's ``canonicalize_name`` writes it."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """PEP 503's normalised name."""
+    return canonicalize_name(name)
 
 
 def main(argv: list[str]) -> int:
