@@ -192,7 +192,7 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Chosen: `{json.dumps({k: fit[k] for k in (*S.FIT_ARGS, 'crops') if k in fit})}` (encoder `{report['fit_id']}`): held-out loss "
+        f"Chosen: `{json.dumps({k: fit[k] for k in (*S.FIT_ARGS, 'crops', 'members') if k in fit})}` (encoder `{report['fit_id']}`): held-out loss "
         f"{chosen['heldout_loss_distilled']:.4f} (distilled) -> {chosen['heldout_loss']:.4f} (fitted, after the "
         f"projection to {report['dim']} dimensions; {chosen['heldout_loss_fitted']:.4f} before it); training "
         f"loss {chosen['train_loss_distilled']:.4f} -> {chosen['train_loss']:.4f}; held-out after each epoch "

@@ -408,6 +408,7 @@ def _build(
         spec = settings["fit"]
         texts = corpus_texts(spec["corpus"])
         crops = f" and {spec['crops']} crops of each" if spec.get("crops") else ""
+        crops += f", {spec['members']} tables averaged" if spec.get("members", 1) > 1 else ""
         print(
             f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
             f"{spec['corpus']} prompts{crops} (the source encodes those not in the embedding cache first; "
@@ -416,12 +417,24 @@ def _build(
         )
         pieces, targets = fit_inputs(source, tokenizer, texts, spec, device=device, cache_dir=cache_dir,
                                      show_progress=show_progress)  # fmt: skip
-        extra = crop_inputs(source, tokenizer, texts, spec, device=device, cache_dir=cache_dir,
-                            show_progress=show_progress)  # fmt: skip
+        members = int(spec.get("members", 1))
+        extra = [
+            crop_inputs(
+                source,
+                tokenizer,
+                texts,
+                {**spec, "seed": spec["seed"] + k},
+                device=device,
+                cache_dir=cache_dir,
+                show_progress=show_progress,
+            )  # fmt: skip
+            for k in range(members)
+        ]
         trainable = np.zeros(vocab_size, dtype=bool)
         trainable[keep] = True
         table, fit_report = fit_tokens(table, pieces, targets, trainable=trainable, extra=extra,
-                                       show_progress=show_progress, **{k: spec[k] for k in FIT_ARGS})  # fmt: skip
+                                       members=members, show_progress=show_progress,
+                                       **{k: spec[k] for k in FIT_ARGS})  # fmt: skip
     table = table.astype(np.float16).astype(np.float32)  # stored exactly as float16 in artifacts
     model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=table), Normalize()])
     model.save(str(out))
@@ -455,6 +468,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "target_max_seq_length": 256,
     "crops": 0,  # random word-aligned crops of each prompt added as pairs of their own (crop_texts)
+    "members": 1,  # tables fitted (member k: batch order and crops from seed + k) and averaged (fit_tokens)
 }
 CROP_MIN_TOKENS = 4  # the shortest crop; prompts under twice this many tokens get none
 
@@ -524,6 +538,15 @@ def fit_settings(fit: Mapping[str, Any] | None) -> dict[str, Any] | None:
         out["crop_sampling"] = (
             f"length log-uniform in [{CROP_MIN_TOKENS}, n - 1] tokens, start uniform, widened to whole words; "
             "the source's embedding of the crop's text"
+        )
+    members = int(spec["members"])
+    if members < 1:
+        raise ValueError(f"static fit members must be >= 1 (tables averaged), got {spec['members']}")
+    if members > 1:  # absent when 1, so the single fits keep their ids
+        out["members"] = members
+        out["bagging"] = (
+            "the same split and start; member k's batch order from [seed, k], its crops from seed + k; "
+            "the fitted tables at unit RMS averaged before the projection"
         )
     if out["epochs"] < 1 or out["lr"] <= 0 or out["batch_size"] < 1 or out["target_max_seq_length"] < 3:
         raise ValueError(
@@ -688,6 +711,51 @@ def _cosine_loss(table: Any, pieces: Sequence[np.ndarray], rows: np.ndarray, tar
         return float(torch.cat(losses).mean()) if losses else float("nan")
 
 
+ExtraPairs = tuple[Sequence[Sequence[int]], np.ndarray, np.ndarray]  # (token ids, targets, parent text index)
+
+
+def _member_extras(extra: Any, members: int) -> list[ExtraPairs | None]:
+    """One set of extra pairs (or None) per member: ``extra`` given once is shared by every member."""
+    if extra is None or (len(extra) == 3 and isinstance(extra[1], np.ndarray) and extra[1].ndim == 2):
+        return [extra] * members
+    extras = list(extra)
+    if len(extras) != members:
+        raise ValueError(f"extra pairs: {len(extras)} sets for {members} members (one per member, or one)")
+    return extras
+
+
+def _with_extra(
+    arrays: list[np.ndarray], targets: np.ndarray, train: np.ndarray, extra: ExtraPairs | None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The texts, targets and training rows one member fits: the training texts, then the extra pairs whose
+    parent text is a training text (crops of held-out texts are never fitted)."""
+    if extra is None:
+        return arrays, targets, train
+    extra_pieces, extra_targets, extra_parents = extra
+    extra_parents = np.asarray(extra_parents, dtype=np.int64)
+    if not len(extra_pieces) == len(extra_targets) == len(extra_parents):
+        raise ValueError(
+            f"extra pairs: {len(extra_pieces)} pieces, {len(extra_targets)} targets, "
+            f"{len(extra_parents)} parents"
+        )
+    if len(extra_parents) and (extra_parents.min() < 0 or extra_parents.max() >= len(arrays)):
+        raise ValueError(f"extra pairs: parent indices must be in [0, {len(arrays)})")
+    in_train = np.zeros(len(arrays), dtype=bool)
+    in_train[train] = True
+    extra_arrays = [np.asarray(p, dtype=np.int64) for p in extra_pieces]
+    keep = np.array(
+        [j for j, p in enumerate(extra_arrays) if len(p) and in_train[extra_parents[j]]], dtype=np.int64
+    )
+    y_all = targets
+    if len(keep):
+        y_all = np.concatenate([targets, np.asarray(extra_targets, dtype=np.float32)[keep]])
+    return (
+        arrays + [extra_arrays[j] for j in keep],
+        y_all,
+        np.concatenate([train, len(arrays) + np.arange(len(keep))]),
+    )
+
+
 def fit_tokens(
     table: np.ndarray,
     pieces: Sequence[Sequence[int]],
@@ -700,7 +768,8 @@ def fit_tokens(
     holdout: float = 0.1,
     seed: int = 0,
     trainable: np.ndarray | None = None,
-    extra: tuple[Sequence[Sequence[int]], np.ndarray, np.ndarray] | None = None,
+    extra: ExtraPairs | Sequence[ExtraPairs | None] | None = None,
+    members: int = 1,
     show_progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit a (V, d) token table so that its sentence embeddings (the mean of a text's token vectors, as
@@ -720,6 +789,12 @@ def fit_tokens(
     least-squares map (``heldout_loss_distilled``), of the fitted one before projection
     (``heldout_loss_fitted``) and after (``heldout_loss``, the projection read back through ``U.T``), the
     training loss before and after, and the sizes.
+
+    ``members > 1`` fits that many tables on the same split, from the same start, each with its own batch
+    order (member ``k`` draws it from ``[seed, k]``; member 0 is the ``members=1`` fit exactly) and, when
+    ``extra`` is a sequence of one set of pairs per member, its own extra pairs; the fitted tables ``E @ M``,
+    each scaled to unit RMS, are averaged before the projection (bagging: the mean keeps what the draws agree
+    on). The report then also gives each member's held-out loss before projection (``member_heldout_loss``).
     """
     import torch
     from tqdm.auto import tqdm
@@ -728,6 +803,9 @@ def fit_tokens(
     targets = np.asarray(targets, dtype=np.float32)
     if len(pieces) != len(targets):
         raise ValueError(f"{len(pieces)} texts, {len(targets)} target embeddings")
+    if members < 1:
+        raise ValueError(f"static fit members must be >= 1, got {members}")
+    extras = _member_extras(extra, members)
     arrays = [np.asarray(p, dtype=np.int64) for p in pieces]
     usable = np.array([i for i, p in enumerate(arrays) if len(p)], dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -736,42 +814,19 @@ def fit_tokens(
     held, train = np.sort(order[:n_held]), order[n_held:]
     if len(train) < 2:
         raise ValueError(f"static fit: {len(train)} training texts with tokens; need at least 2")
-    arrays_all, y_all, train_all = arrays, targets, train
-    if extra is not None:
-        extra_pieces, extra_targets, extra_parents = extra
-        extra_parents = np.asarray(extra_parents, dtype=np.int64)
-        if not len(extra_pieces) == len(extra_targets) == len(extra_parents):
-            raise ValueError(
-                f"extra pairs: {len(extra_pieces)} pieces, {len(extra_targets)} targets, "
-                f"{len(extra_parents)} parents"
-            )
-        if len(extra_parents) and (extra_parents.min() < 0 or extra_parents.max() >= len(arrays)):
-            raise ValueError(f"extra pairs: parent indices must be in [0, {len(arrays)})")
-        in_train = np.zeros(len(arrays), dtype=bool)
-        in_train[train] = True
-        extra_arrays = [np.asarray(p, dtype=np.int64) for p in extra_pieces]
-        keep = np.array(
-            [j for j, p in enumerate(extra_arrays) if len(p) and in_train[extra_parents[j]]], dtype=np.int64
-        )
-        arrays_all = arrays + [extra_arrays[j] for j in keep]
-        if len(keep):
-            y_all = np.concatenate([targets, np.asarray(extra_targets, dtype=np.float32)[keep]])
-        train_all = np.concatenate([train, len(arrays) + np.arange(len(keep))])
-    torch.manual_seed(seed)
+    pairs = [_with_extra(arrays, targets, train, e) for e in extras]  # checked before any training
     mask = (
         torch.ones(len(table), 1)
         if trainable is None
         else torch.from_numpy(trainable.astype(np.float32))[:, None]
     )
-    scale = _rms(table)
-    weight = torch.nn.Parameter(torch.from_numpy(table / scale))
-    initial = weight.detach().clone()
+    start_table = torch.from_numpy(table / _rms(table))
     y = torch.from_numpy(targets)
     # the distilled table's best linear map: the start, and the baseline the fit has to beat
     flat, offsets = _bags(arrays, train)
     with torch.no_grad():
         x = torch.nn.functional.normalize(
-            torch.nn.functional.embedding_bag(flat, weight, offsets, mode="mean")
+            torch.nn.functional.embedding_bag(flat, start_table, offsets, mode="mean")
         )
     # ridge, 1e-3 of the mean eigenvalue: near-collinear embeddings (few or similar texts) would otherwise give
     # a huge map, which Adam's fixed step sizes cannot fine-tune
@@ -779,40 +834,56 @@ def fit_tokens(
     ridge = 1e-3 * float(torch.trace(gram)) / len(gram)
     start_map = torch.linalg.solve(
         gram + ridge * torch.eye(len(gram), dtype=gram.dtype), x.double().T @ y[train].double()
-    )
-    start_map = start_map.float()
-    linear = torch.nn.Parameter(start_map.clone())
+    ).float()
     report: dict[str, Any] = {
         "n_train": len(train),
         "n_heldout": len(held),
-        **({} if extra is None else {"n_train_extra": len(train_all) - len(train)}),
-        "train_loss_distilled": _cosine_loss(weight, arrays, train, y, linear),
-        "heldout_loss_distilled": _cosine_loss(weight, arrays, held, y, linear),
+        **({} if all(e is None for e in extras) else {"n_train_extra": len(pairs[0][2]) - len(train)}),
+        "train_loss_distilled": _cosine_loss(start_table, arrays, train, y, start_map),
+        "heldout_loss_distilled": _cosine_loss(start_table, arrays, held, y, start_map),
     }
-    optimiser = torch.optim.Adam([weight, linear], lr=lr)
-    y_fit = torch.from_numpy(y_all)
-    steps = (len(train_all) + batch_size - 1) // batch_size
+    steps = sum((len(p[2]) + batch_size - 1) // batch_size for p in pairs)
     bar = tqdm(total=epochs * steps, desc="fitting static tokens", disable=not show_progress)
-    curve = []
-    for _ in range(epochs):
-        perm = rng.permutation(train_all)
-        for start in range(0, len(perm), batch_size):
-            rows = perm[start : start + batch_size]
-            flat, offsets = _bags(arrays_all, rows)
-            pred = torch.nn.functional.embedding_bag(flat, weight, offsets, mode="mean") @ linear
-            loss = (1.0 - torch.nn.functional.cosine_similarity(pred, y_fit[rows], dim=1)).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            weight.grad.mul_(mask)
-            optimiser.step()
-            if anchor:  # decoupled decay towards the distilled vectors (AdamW's, about the start)
-                with torch.no_grad():
-                    weight.sub_(lr * anchor * (weight - initial))
-            bar.update(1)
-        curve.append(round(_cosine_loss(weight, arrays, held, y, linear), 6) if len(held) else None)
+    fitted = None
+    curves, member_losses = [], []
+    for k, (arrays_all, y_all, train_all) in enumerate(pairs):
+        torch.manual_seed(seed + k)
+        order_rng = rng if k == 0 else np.random.default_rng([seed, k])
+        weight = torch.nn.Parameter(start_table.clone())
+        linear = torch.nn.Parameter(start_map.clone())
+        optimiser = torch.optim.Adam([weight, linear], lr=lr)
+        y_fit = torch.from_numpy(y_all)
+        curve = []
+        for _ in range(epochs):
+            perm = order_rng.permutation(train_all)
+            for begin in range(0, len(perm), batch_size):
+                rows = perm[begin : begin + batch_size]
+                flat, offsets = _bags(arrays_all, rows)
+                pred = torch.nn.functional.embedding_bag(flat, weight, offsets, mode="mean") @ linear
+                loss = (1.0 - torch.nn.functional.cosine_similarity(pred, y_fit[rows], dim=1)).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                weight.grad.mul_(mask)
+                optimiser.step()
+                if anchor:  # decoupled decay towards the distilled vectors (AdamW's, about the start)
+                    with torch.no_grad():
+                        weight.sub_(lr * anchor * (weight - start_table))
+                bar.update(1)
+            curve.append(round(_cosine_loss(weight, arrays, held, y, linear), 6) if len(held) else None)
+        curves.append(curve)
+        with torch.no_grad():
+            member = (
+                weight * mask
+            ) @ linear  # (V, H); untrainable rows stay as the map sends them (zero: zero)
+            member_losses.append(_cosine_loss(member, arrays, held, y))
+            if members > 1:  # scale-free directions, averaged at one scale (a single fit stays as it was)
+                member /= _rms(member.numpy())
+            fitted = member if fitted is None else fitted + member
+        del weight, linear, optimiser
     bar.close()
     with torch.no_grad():
-        fitted = (weight * mask) @ linear  # (V, H); untrainable rows stay as the map sends them (zero: zero)
+        if members > 1:
+            fitted /= members
         flat, offsets = _bags(arrays, train)
         emb = torch.nn.functional.normalize(
             torch.nn.functional.embedding_bag(flat, fitted, offsets, mode="mean")
@@ -826,8 +897,10 @@ def fit_tokens(
             train_loss=_cosine_loss(out, arrays, train, y, basis.T),
             heldout_loss_fitted=_cosine_loss(fitted, arrays, held, y),
             heldout_loss=_cosine_loss(out, arrays, held, y, basis.T),
-            heldout_curve=curve,
+            heldout_curve=curves[0],
         )
+        if members > 1:
+            report.update(members=members, member_heldout_loss=member_losses, member_heldout_curves=curves)
     out = out.numpy().astype(np.float32)
     out /= _rms(out)  # unit RMS: float16-safe
     return out, report

@@ -269,6 +269,48 @@ def test_extra_pairs_train_only_with_their_training_parent_and_the_losses_stay_o
         fit_tokens(start, pieces, embed(pieces), extra=(crops[:-1], embed(crops), np.arange(200)))
 
 
+def test_members_average_tables_fitted_on_one_split_and_member_zero_is_the_single_fit() -> None:
+    """members=3: one split and start, three batch orders and crop sets; the averaged table's held-out loss
+    is reported beside each member's, member 0 is the single fit exactly, and the fit is deterministic."""
+    from router_rl.static_encoder import fit_tokens
+
+    rng = np.random.default_rng(2)
+    vocab, dim = 50, 8
+    hidden = rng.normal(size=(vocab, 12)).astype(np.float32)
+    start = rng.normal(size=(vocab, dim)).astype(np.float32)
+    pieces = [list(rng.integers(0, vocab, size=int(rng.integers(4, 10)))) for _ in range(300)]
+
+    def embed(ps: list) -> np.ndarray:
+        y = np.stack([hidden[p].mean(axis=0) for p in ps])
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    targets = embed(pieces) + rng.normal(scale=0.3, size=(300, 12))  # noisy: the draws disagree
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    kwargs = {"epochs": 4, "lr": 3e-2, "batch_size": 16, "holdout": 0.2, "seed": 5}
+    single, one = fit_tokens(start, pieces, targets, **kwargs)
+    crop_sets = [([p[k : k + 3] for p in pieces], embed([p[k : k + 3] for p in pieces]), np.arange(300))
+                 for k in range(3)]  # fmt: skip
+    table, report = fit_tokens(start, pieces, targets, members=3, extra=crop_sets, **kwargs)
+    assert report["members"] == 3 and len(report["member_heldout_loss"]) == 3
+    assert (
+        report["n_heldout"] == one["n_heldout"]
+        and report["heldout_loss_distilled"] == one["heldout_loss_distilled"]
+    )
+    assert report["n_train_extra"] == 240 and len(set(report["member_heldout_loss"])) == 3
+    bagged, bag = fit_tokens(start, pieces, targets, members=3, **kwargs)
+    assert bag["member_heldout_loss"][0] == one["heldout_loss_fitted"]  # member 0: the single fit
+    assert len(set(bag["member_heldout_loss"])) == 3  # the others drew other batch orders
+    assert bag["heldout_loss_fitted"] < np.mean(bag["member_heldout_loss"])  # averaging cancels draw noise
+    assert not np.allclose(bagged, single) and not np.allclose(bagged, table)
+    again, bag_again = fit_tokens(start, pieces, targets, members=3, **kwargs)
+    np.testing.assert_array_equal(again, bagged)
+    assert bag_again == bag and "members" not in one
+    with pytest.raises(ValueError, match="2 sets for 3 members"):
+        fit_tokens(start, pieces, targets, members=3, extra=crop_sets[:2], **kwargs)
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        fit_tokens(start, pieces, targets, members=0, **kwargs)
+
+
 def _train_rows(pieces: list, kwargs: dict) -> np.ndarray:
     """The training texts fit_tokens draws (its seeded split, repeated here)."""
     order = np.random.default_rng(kwargs["seed"]).permutation(len(pieces))
@@ -343,6 +385,12 @@ def test_fit_settings_name_the_corpus_and_stay_out_of_the_plain_key(tmp_path: Pa
     assert with_crops["fit"]["crops"] == 2 and with_crops != distill_settings(fit={"corpus": str(corpus)})
     with pytest.raises(ValueError, match="crops must be >= 0"):
         fit_settings({"corpus": str(corpus), "crops": -1})
+    # so do members (tables averaged) when more than one
+    assert fit_settings({"corpus": str(corpus), "members": 1}) == fit_settings({"corpus": str(corpus)})
+    bag = distill_settings(fit={"corpus": str(corpus), "crops": 2, "members": 3})
+    assert bag["fit"]["members"] == 3 and bag != with_crops
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        fit_settings({"corpus": str(corpus), "members": 0})
 
 
 WORDS = [
