@@ -196,7 +196,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{chosen['heldout_loss_distilled']:.4f} (distilled) -> {chosen['heldout_loss']:.4f} (fitted, after the "
         f"projection to {report['dim']} dimensions; {chosen['heldout_loss_fitted']:.4f} before it); training "
         f"loss {chosen['train_loss_distilled']:.4f} -> {chosen['train_loss']:.4f}; held-out after each epoch "
-        f"{', '.join(f'{v:.4f}' for v in chosen['heldout_curve'])}.",
+        f"{', '.join(f'{v:.4f}' for v in chosen['heldout_curve'])}"
+        + (
+            f" (member 0's); each member's held-out loss before the averaging "
+            f"{', '.join(f'{v:.4f}' for v in chosen['member_heldout_loss'])}."
+            if chosen.get("member_heldout_loss")
+            else "."
+        ),
         "",
         *(
             [
