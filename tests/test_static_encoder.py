@@ -238,15 +238,7 @@ def test_extra_pairs_train_only_with_their_training_parent_and_the_losses_stay_o
     do not move when pairs are added, and the pairs change the fitted table."""
     from router_rl.static_encoder import fit_tokens
 
-    rng = np.random.default_rng(0)
-    vocab, dim = 50, 8
-    hidden = rng.normal(size=(vocab, 12)).astype(np.float32)
-    start = rng.normal(size=(vocab, dim)).astype(np.float32)
-    pieces = [list(rng.integers(0, vocab, size=int(rng.integers(4, 10)))) for _ in range(200)]
-
-    def embed(ps: list) -> np.ndarray:
-        y = np.stack([hidden[p].mean(axis=0) for p in ps])
-        return y / np.linalg.norm(y, axis=1, keepdims=True)
+    rng, start, pieces, embed = _toy_corpus(seed=0, n=200)
 
     crops = [p[: len(p) // 2] for p in pieces]
     kwargs = {"epochs": 3, "lr": 1e-2, "batch_size": 32, "holdout": 0.25, "seed": 3}
@@ -274,15 +266,7 @@ def test_members_average_tables_fitted_on_one_split_and_member_zero_is_the_singl
     is reported beside each member's, member 0 is the single fit exactly, and the fit is deterministic."""
     from router_rl.static_encoder import fit_tokens
 
-    rng = np.random.default_rng(2)
-    vocab, dim = 50, 8
-    hidden = rng.normal(size=(vocab, 12)).astype(np.float32)
-    start = rng.normal(size=(vocab, dim)).astype(np.float32)
-    pieces = [list(rng.integers(0, vocab, size=int(rng.integers(4, 10)))) for _ in range(300)]
-
-    def embed(ps: list) -> np.ndarray:
-        y = np.stack([hidden[p].mean(axis=0) for p in ps])
-        return y / np.linalg.norm(y, axis=1, keepdims=True)
+    rng, start, pieces, embed = _toy_corpus(seed=2, n=300)
 
     targets = embed(pieces) + rng.normal(scale=0.3, size=(300, 12))  # noisy: the draws disagree
     targets /= np.linalg.norm(targets, axis=1, keepdims=True)
@@ -309,6 +293,21 @@ def test_members_average_tables_fitted_on_one_split_and_member_zero_is_the_singl
         fit_tokens(start, pieces, targets, members=3, extra=crop_sets[:2], **kwargs)
     with pytest.raises(ValueError, match="members must be >= 1"):
         fit_tokens(start, pieces, targets, members=0, **kwargs)
+
+
+def _toy_corpus(seed: int, n: int) -> tuple:
+    """A 50-token vocabulary, a random (50, 8) start table, ``n`` texts of 4-9 tokens, and ``embed``: unit
+    means of a hidden (50, 12) table, the targets a fit should reach; with the generator, for more draws."""
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(50, 12)).astype(np.float32)
+    start = rng.normal(size=(50, 8)).astype(np.float32)
+    pieces = [list(rng.integers(0, 50, size=int(rng.integers(4, 10)))) for _ in range(n)]
+
+    def embed(ps: list) -> np.ndarray:
+        y = np.stack([hidden[p].mean(axis=0) for p in ps])
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    return rng, start, pieces, embed
 
 
 def _train_rows(pieces: list, kwargs: dict) -> np.ndarray:
