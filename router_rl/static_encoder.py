@@ -407,11 +407,11 @@ def _build(
     if settings.get("fit") is not None:
         spec = settings["fit"]
         texts = corpus_texts(spec["corpus"])
-        crops = f" and {spec['crops']} crops of each" if spec.get("crops") else ""
-        crops += f", {spec['members']} tables averaged" if spec.get("members", 1) > 1 else ""
+        pairs = f" and {spec['crops']} crops of each" if spec.get("crops") else ""
+        pairs += f", {spec['members']} tables averaged" if spec.get("members", 1) > 1 else ""
         print(
             f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
-            f"{spec['corpus']} prompts{crops} (the source encodes those not in the embedding cache first; "
+            f"{spec['corpus']} prompts{pairs} (the source encodes those not in the embedding cache first; "
             f"then {spec['epochs']} epochs on CPU, about 6 s each per 15,000 pairs; once per machine)",
             flush=True,
         )
@@ -715,10 +715,11 @@ ExtraPairs = tuple[Sequence[Sequence[int]], np.ndarray, np.ndarray]  # (token id
 
 
 def _member_extras(extra: Any, members: int) -> list[ExtraPairs | None]:
-    """One set of extra pairs (or None) per member: ``extra`` given once is shared by every member."""
-    if extra is None or (len(extra) == 3 and isinstance(extra[1], np.ndarray) and extra[1].ndim == 2):
+    """One set of extra pairs (or None) per member: a list holds one per member; one set (a tuple) or None
+    is shared by every member."""
+    if not isinstance(extra, list):
         return [extra] * members
-    extras = list(extra)
+    extras = extra
     if len(extras) != members:
         raise ValueError(f"extra pairs: {len(extras)} sets for {members} members (one per member, or one)")
     return extras
@@ -768,7 +769,7 @@ def fit_tokens(
     holdout: float = 0.1,
     seed: int = 0,
     trainable: np.ndarray | None = None,
-    extra: ExtraPairs | Sequence[ExtraPairs | None] | None = None,
+    extra: ExtraPairs | list[ExtraPairs | None] | None = None,
     members: int = 1,
     show_progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -792,7 +793,7 @@ def fit_tokens(
 
     ``members > 1`` fits that many tables on the same split, from the same start, each with its own batch
     order (member ``k`` draws it from ``[seed, k]``; member 0 is the ``members=1`` fit exactly) and, when
-    ``extra`` is a sequence of one set of pairs per member, its own extra pairs; the fitted tables ``E @ M``,
+    ``extra`` is a list of one set of pairs per member, its own extra pairs; the fitted tables ``E @ M``,
     each scaled to unit RMS, are averaged before the projection (bagging: the mean keeps what the draws agree
     on). The report then also gives each member's held-out loss before projection (``member_heldout_loss``).
     """
@@ -872,9 +873,8 @@ def fit_tokens(
             curve.append(round(_cosine_loss(weight, arrays, held, y, linear), 6) if len(held) else None)
         curves.append(curve)
         with torch.no_grad():
-            member = (
-                weight * mask
-            ) @ linear  # (V, H); untrainable rows stay as the map sends them (zero: zero)
+            # (V, H); untrainable rows stay as the map sends them (zero: zero)
+            member = (weight * mask) @ linear
             member_losses.append(_cosine_loss(member, arrays, held, y))
             if members > 1:  # scale-free directions, averaged at one scale (a single fit stays as it was)
                 member /= _rms(member.numpy())
