@@ -23,8 +23,9 @@ estimate says so. The static starting policy serves the same traffic with the sa
                                         # recompute a result's prediction intervals and summary, no replay
 
 Per seed: a 10% sample of the prompts (``--start-share``) trains the starting policy (``router_rl.training``:
-the default lowrank_warm policy, ``embedder=static``: the distilled token-lookup encoder, 500+ prompts/s on
-this CPU where MiniLM does ~13 prompts/s cold, so a replay of thousands of prompts fits); ``--n-prompts`` of the
+the default lowrank_warm policy, ``embedder=static`` with ``embedder.distill.fit=null``: the distilled
+token-lookup encoder, 500+ prompts/s on this CPU where MiniLM does ~13 prompts/s cold, so a replay of thousands
+of prompts fits); ``--n-prompts`` of the
 other prompts (unique texts, in a seeded order) are the traffic. Each window of ``--every`` requests records:
 
 - quality (recorded grade of the model that answered), cost per prompt, spend, reward at the served cost weight,
@@ -944,8 +945,9 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         f"{cfg['data']} prompts replayed as traffic through `router-rl serve` (HTTP on loopback, a stub upstream "
         f"answering with the recorded token usage, judge sampling `--judge-share {cfg['judge_share']}` against a "
         f"stub judge that returns the recorded grade plus N(0, {cfg['judge_noise']}) noise); the starting policy "
-        f"({cfg['policy']}, `embedder=static`: the distilled token-lookup encoder, chosen so thousands of prompts "
-        f"replay in minutes on this CPU; MiniLM embeds ~13 prompts/s cold here) trained on "
+        f"({cfg['policy']}, `embedder=static embedder.distill.fit=null`: the distilled token-lookup encoder, "
+        f"chosen so thousands of prompts replay in minutes on this CPU; MiniLM embeds ~13 prompts/s cold here) "
+        f"trained on "
         f"{cfg['start_share']:.0%} of the prompts; {cfg['n_prompts']} other prompts per seed; `learn` every "
         f"{cfg['every']} requests on the champion's judged decisions, promoted by `POST /admin/reload` when the "
         + (
@@ -1233,6 +1235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [
             f"data={opts.data}",
             f"embedder={opts.embedder}",
+            *(["embedder.distill.fit=null"] if opts.embedder == "static" else []),  # the plain distillation
             f"policy={opts.policy}",
             f"train.steps={opts.train_steps}",
             *opts.override,

@@ -303,7 +303,7 @@ def main() -> None:
     sidecar = json.loads((path / S.SIDE_CAR).read_text())
     encoders = {
         "minilm": [],
-        "static": ["embedder=static", f"embedder.distill.dim={args.dim}",
+        "static": ["embedder=static", "embedder.distill.fit=null", f"embedder.distill.dim={args.dim}",
                    f"embedder.distill.sif_coefficient={args.sif_coefficient}"],
         "static_fit": ["embedder=static", f"embedder.model={path}", "embedder.distill=null"],
     }  # fmt: skip

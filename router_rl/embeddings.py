@@ -497,6 +497,15 @@ class Embedder:
             cached.update({_text_key(t): v for t, v in zip(missing, new, strict=True)})
         return np.stack([cached[_text_key(t)] for t in texts]).astype(np.float32, copy=False)
 
+    def uncached(self, texts: Sequence[str]) -> list[str]:
+        """The distinct ``texts`` the disk cache holds no embedding of (all of them without a cache), in order:
+        what :meth:`encode` would run the encoder on."""
+        distinct = list(dict.fromkeys(str(t) for t in texts))
+        if self._cache is None:
+            return distinct
+        stored = self._cache.get_many(self.encoder_id, distinct)
+        return [t for t in distinct if _text_key(t) not in stored]
+
     def cached(self, text: str) -> np.ndarray | None:
         """The (d,) embedding of ``text`` when the memory cache holds it (a hit), else None (not counted as a
         miss: the caller falls back to :meth:`encode`, which counts it). No encoder work, any thread."""

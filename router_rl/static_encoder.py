@@ -14,12 +14,13 @@ once, so the artifact can store them exactly. The result is a sentence-transform
 (loadable by ``SentenceTransformer(path)`` too), cached under ``<cache>/static/`` keyed by the sha256 of the
 source model's files and the settings, so it is built once per machine.
 
-With ``fit`` (opt-in, off by default) the distilled table is then fitted to the source's sentence embeddings
+With ``fit`` (off in :func:`distill` unless given; on in ``configs/embedder/static.yaml``, so
+``embedder=static`` fits by default) the distilled table is then fitted to the source's sentence embeddings
 of a corpus of prompts (tokenlearn's idea, :func:`fit_tokens`: the mean of a prompt's token vectors, through
 a linear map, regresses the source's embedding of the prompt; then projected back to ``dim``), by default
 the bundled RouteLLM prompts (no labels); the fit settings and the corpus's sha256 join the cache key.
-``crops`` (off by default) adds random word-aligned crops of each training prompt as pairs of their own,
-each with the source's embedding of the crop as its target (:func:`crop_texts`).
+``crops`` (0 in :data:`FIT_DEFAULTS`, 2 in the config) adds random word-aligned crops of each training
+prompt as pairs of their own, each with the source's embedding of the crop as its target (:func:`crop_texts`).
 """
 
 from __future__ import annotations
@@ -411,8 +412,9 @@ def _build(
         pairs += f", {spec['members']} tables averaged" if spec.get("members", 1) > 1 else ""
         print(
             f"[router-rl] fitting the static token table to {source}'s sentence embeddings of {len(texts)} "
-            f"{spec['corpus']} prompts{pairs} (the source encodes those not in the embedding cache first; "
-            f"then {spec['epochs']} epochs on CPU, about 6 s each per 15,000 pairs; once per machine)",
+            f"{spec['corpus']} prompts{pairs} (the source encodes those not in the embedding cache first, "
+            f"about 15 minutes on 2 CPU cores for the bundled corpus and 2 crops; then {spec['epochs']} epochs "
+            f"on CPU, about 6 s each per 15,000 pairs; once per machine; embedder.distill.fit=null skips it)",
             flush=True,
         )
         pieces, targets = fit_inputs(source, tokenizer, texts, spec, device=device, cache_dir=cache_dir,
@@ -470,6 +472,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "crops": 0,  # random word-aligned crops of each prompt added as pairs of their own (crop_texts)
     "members": 1,  # tables fitted (member k: batch order and crops from seed + k) and averaged (fit_tokens)
 }
+PROGRESS_FROM = 2000  # uncached texts from which source_embeddings reports its progress
 CROP_MIN_TOKENS = 4  # the shortest crop; prompts under twice this many tokens get none
 
 
@@ -583,6 +586,16 @@ def source_embeddings(
         cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
         show_progress=show_progress,
     )
+    todo = embedder.uncached(texts)
+    if len(todo) >= PROGRESS_FROM:  # minutes of work on a CPU: a bar in a terminal, a few lines in a log
+        from router_rl.progress import progress
+
+        step = max(embedder.batch_size, -(-len(todo) // 20))
+        embedder.show_progress = False  # one bar over the chunks, not one per chunk
+        with progress(len(todo), f"{source} embeddings to fit on", unit="text") as bar:
+            for start in range(0, len(todo), step):
+                embedder.encode(todo[start : start + step])  # into the cache
+                bar.update(len(todo[start : start + step]))
     return embedder.encode(list(texts))
 
 

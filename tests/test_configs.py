@@ -86,11 +86,18 @@ def test_the_static_encoders_fit_reaches_distill(monkeypatch: pytest.MonkeyPatch
         raise Called
 
     monkeypatch.setattr(se, "distill", fake)
+    default = {**se.FIT_DEFAULTS, "crops": 2}  # the fit with two crops per prompt is on by default
     for overrides, fit in (
-        ([], None),
-        (["embedder.distill.fit={corpus: routellm, epochs: 2}"], {"corpus": "routellm", "epochs": 2}),
+        ([], default),
+        (["embedder.distill.fit={epochs: 2}"], {**default, "epochs": 2}),  # merged into the default
+        (["embedder.distill.fit.crops=0"], {**default, "crops": 0}),
+        (["embedder.distill.fit=null"], None),
     ):
         cfg = compose_train(["embedder=static", *overrides])
         with pytest.raises(Called):
             make_embedder(cfg.embedder, show_progress=False)
         assert seen["fit"] == fit and seen["dim"] == 256
+    # every fit setting can be overridden, and the default is the crops fit the docs measure, by its id
+    assert se.distill_settings(256, 1e-5, None, default) == se.distill_settings(
+        256, 1e-5, None, {"corpus": "routellm", "crops": 2}
+    )

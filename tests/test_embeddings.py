@@ -25,6 +25,14 @@ def test_default_encoder_offline_normalised_and_cached(tmp_path) -> None:
     assert float(z[0] @ x[0]) > float(z[1] @ x[0])
 
 
+def test_uncached_names_the_distinct_texts_the_encoder_would_run_on(tmp_path) -> None:
+    embedder = Embedder(DEFAULT_ENCODER, device="cpu", cache_dir=tmp_path)
+    embedder.encode(["seen"])
+    assert embedder.uncached(["new", "seen", "other", "new"]) == ["new", "other"]
+    assert Embedder(DEFAULT_ENCODER, device="cpu", cache_dir=None).uncached(["a", "a", "b"]) == ["a", "b"]
+    assert embedder.n_encoded == 1  # asking encodes nothing
+
+
 def test_cache_is_keyed_by_encoder_settings(tmp_path) -> None:
     a = Embedder(DEFAULT_ENCODER, device="cpu", max_seq_length=256, cache_dir=tmp_path)
     b = Embedder(DEFAULT_ENCODER, device="cpu", max_seq_length=8, cache_dir=tmp_path)

@@ -36,6 +36,7 @@ def test_a_tiny_replay_learns_promotes_and_keeps_its_books(tmp_path: Path) -> No
         "data.max_prompts=500",
         "embedder.distill.max_vocab=1400",
         "embedder.distill.dim=32",
+        "embedder.distill.fit=null",
         "--train-steps",
         "200",
         "--n-prompts",

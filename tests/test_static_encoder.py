@@ -190,6 +190,7 @@ def test_embedder_static_config_distils_and_trains(tmp_path: Path, monkeypatch) 
         "embedder=static",
         "embedder.distill.max_vocab=1100",
         "embedder.distill.dim=8",
+        "embedder.distill.fit=null",  # the plain distillation: the default fit runs MiniLM over a corpus
         f"embedder.cache_dir={tmp_path}",
     ]
     with initialize_config_module(config_module="router_rl.configs", version_base="1.3"):
@@ -205,6 +206,27 @@ def test_embedder_static_config_distils_and_trains(tmp_path: Path, monkeypatch) 
 
 
 # ------------------------------------------------------------------------------------------ fitting
+def test_the_fits_source_embeddings_report_progress_on_uncached_work_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Minutes of MiniLM work before a fit say so, in a log too; the chunked encoding is the one-call one's."""
+    import router_rl.static_encoder as se
+
+    monkeypatch.setattr(se, "PROGRESS_FROM", 4)
+    monkeypatch.setenv("ROUTER_RL_PROGRESS", "log")
+    spec = {"target_max_seq_length": 64}
+    texts = [f"question {i}: how do routers pick a model for prompt {i}?" for i in range(40)]
+    kwargs = {"device": "cpu", "cache_dir": tmp_path / "a", "show_progress": False}
+    got = se.source_embeddings(DEFAULT_ENCODER, texts, spec, **kwargs)
+    err = capsys.readouterr().err
+    assert f"embeddings to fit on: {len(texts)} texts to go" in err and f"{len(texts)}/{len(texts)} texts" in err
+    want = Embedder(DEFAULT_ENCODER, device="cpu", max_seq_length=64, cache_dir=None).encode(texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    again = se.source_embeddings(DEFAULT_ENCODER, [*texts, "one new text"], spec, **kwargs)
+    assert "embeddings to fit on" not in capsys.readouterr().err  # 1 uncached text: below PROGRESS_FROM
+    np.testing.assert_array_equal(again[: len(texts)], got)
+
+
 def test_fitting_reduces_the_held_out_regression_loss_and_is_deterministic() -> None:
     """Targets from a hidden token table: the fit moves the start's sentence embeddings towards them."""
     from router_rl.static_encoder import fit_tokens
