@@ -15,8 +15,9 @@ Steps:
 3. ``experiments/default_wins.py`` on each ``--variants`` (default arena; 3 seeds, the default policy and
    mlp) for MiniLM, the plain distilled encoder and the fitted one; the fitted model is passed as
    ``embedder=static embedder.model=<its directory> embedder.distill=null`` (the same model
-   ``'embedder.distill.fit={corpus: routellm}'`` builds, named by its directory). On ``routellm`` the fit corpus is the variant's own prompts (train and test, no
-   labels): not held out there.
+   ``embedder=static`` builds with the same fit settings, named by its directory). On ``routellm`` and its
+   variants (``routellm-*``) the fit corpus holds the variant's own prompts (train and test, no labels): not
+   held out there.
 
 Usage:
 
@@ -222,7 +223,8 @@ def markdown(report: dict[str, Any]) -> str:
         names["static_fit"] = "static, fitted (chosen)"
         names["static_fit_compare"] = f"static, fitted (`{json.dumps(report['compare_fit']['given'])}`)"
     for variant, per_policy in report["routing"].items():
-        held = "held out from the fit" if variant != "routellm" else "the fit's own prompts: not held out"
+        own = variant.split("-")[0] == report["fit_settings"]["corpus"]  # routellm's variants are its prompts
+        held = "the fit's own prompts, no labels: not held out" if own else "held out from the fit"
         lines += [f"### {variant} ({held})", ""]
         lines += [
             "| policy | encoder | AIQ per seed | mean (sd) | gap to MiniLM (per seed) |",

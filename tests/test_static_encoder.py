@@ -219,7 +219,9 @@ def test_the_fits_source_embeddings_report_progress_on_uncached_work_only(
     kwargs = {"device": "cpu", "cache_dir": tmp_path / "a", "show_progress": False}
     got = se.source_embeddings(DEFAULT_ENCODER, texts, spec, **kwargs)
     err = capsys.readouterr().err
-    assert f"embeddings to fit on: {len(texts)} texts to go" in err and f"{len(texts)}/{len(texts)} texts" in err
+    assert (
+        f"embeddings to fit on: {len(texts)} texts to go" in err and f"{len(texts)}/{len(texts)} texts" in err
+    )
     want = Embedder(DEFAULT_ENCODER, device="cpu", max_seq_length=64, cache_dir=None).encode(texts)
     np.testing.assert_allclose(got, want, atol=1e-5)
     again = se.source_embeddings(DEFAULT_ENCODER, [*texts, "one new text"], spec, **kwargs)
