@@ -10,6 +10,8 @@ latest stop") and ``results/tried_*.md``. Recompute them with, for example::
   warm-start rows. Its share c in {0, 0.1, ..., 0.5} of ``(1 - c) * blend + c * knn`` is chosen out of fold on
   the stacking's folds, by the blend's own routing score; ``blend_knn`` moves from 0 only when the paired
   bootstrap excludes zero at ``knn_gate`` (the weight's rule), ``blend_knn_argmax`` takes the best share.
+- ``blend_logreg`` / ``blend_logreg_argmax``: the same with the per-model logistic regressions (the ``logreg``
+  yardstick, C = 1) as the third component, share c in {0, 0.1, ..., 1}, gated at 0.99 or the best share.
 - ``blend_ens3`` / ``blend_ens5``: the exported network is the average of 3 (5) networks trained from different
   seeds for the passes chosen out of fold (an average of one-hidden-layer networks is one wider network, so
   it would serve unchanged).
@@ -31,10 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from router_rl.policies.blend import STACK_GRID, BlendLinUCB  # noqa: E402
 from router_rl.policies.knn import KNNRouter  # noqa: E402
+from router_rl.policies.logreg import LogisticRouter  # noqa: E402
 
 TRIED = {  # label -> (option, overrides), as default_wins.PREVIOUS
     "blend_knn": ("blend", {"_target_": "tried_variants.BlendKNN", "knn_gate": 0.99}),
     "blend_knn_argmax": ("blend", {"_target_": "tried_variants.BlendKNN", "knn_gate": None}),
+    "blend_logreg": ("blend", {"_target_": "tried_variants.BlendLogistic", "knn_gate": 0.99, "knn_max": 1.0}),
+    "blend_logreg_argmax": (
+        "blend",
+        {"_target_": "tried_variants.BlendLogistic", "knn_gate": None, "knn_max": 1.0},
+    ),
     "blend_ens3": ("blend", {"_target_": "tried_variants.BlendEnsemble", "n_nets": 3}),
     "blend_ens5": ("blend", {"_target_": "tried_variants.BlendEnsemble", "n_nets": 5}),
     "blend_max1": ("blend", {"stack_max": 1.0}),
@@ -45,7 +53,7 @@ TRIED = {  # label -> (option, overrides), as default_wins.PREVIOUS
 
 def fold_estimates(policy: BlendLinUCB, x, quality, cost, latency, weight: float) -> tuple[np.ndarray, ...]:
     """(2, N, K) out-of-fold quality and cost estimates of the linear heads, the network (at the chosen
-    passes) and kNN on the blend's stacking folds (its fold ids and fold models; the first two are trained
+    passes) and the third component (kNN, or the logistic regressions) on the blend's stacking folds (its fold ids and fold models; the first two are trained
     again here, a study's cost, to leave the policy's own stacking untouched)."""
     x, quality, cost = (
         np.asarray(x),
@@ -62,7 +70,7 @@ def fold_estimates(policy: BlendLinUCB, x, quality, cost, latency, weight: float
         part.warm_start(*rows, weight=weight)
         linear[:, held] = part.estimates(x[held])[:2]
         net[:, held] = policy._new_net().fit(*rows).estimates(x[held])[:2]
-        knn[:, held] = KNNRouter(list(policy.models), policy.dim).fit(*rows).estimates(x[held])[:2]
+        knn[:, held] = policy._third().fit(*rows).estimates(x[held])[:2]
     return linear, net, knn
 
 
@@ -74,7 +82,11 @@ class BlendKNN(BlendLinUCB):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.knn_gate, self.knn_max, self.knn_weight = knn_gate, float(knn_max), 0.0
-        self.knn = KNNRouter(list(self.models), self.dim)
+        self.knn = self._third()
+
+    def _third(self) -> Any:
+        """An unfitted third component."""
+        return KNNRouter(list(self.models), self.dim)
 
     def estimates(self, x: np.ndarray) -> np.ndarray:
         base = super().estimates(x)
@@ -101,6 +113,14 @@ class BlendKNN(BlendLinUCB):
         self.knn_weight = float(grid[best]) if moved else 0.0
         if self.knn_weight > 0:
             self.knn.fit(x, quality, cost, latency)
+
+
+class BlendLogistic(BlendKNN):
+    """The blend with a share of the per-model logistic regressions (the ``logreg`` yardstick's settings)
+    chosen out of fold: ``(1 - c) * blend + c * logreg``."""
+
+    def _third(self) -> Any:
+        return LogisticRouter(list(self.models), self.dim)
 
 
 class _Average:
