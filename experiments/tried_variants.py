@@ -1,7 +1,7 @@
 """Variants of the default policy that were measured and not kept, runnable in default_wins.py's harness.
 
-Each is the default ``blend`` plus one change; the figures are in RESULTS.md ("Tried and not kept at the
-latest stop") and ``results/tried_*.md``. Recompute them with, for example::
+Each is the default ``blend`` plus one change; the figures are in RESULTS.md ("Tried and not kept") and
+``results/tried_*.md``. Recompute them with, for example::
 
     python experiments/tried_variants.py --variants arena arena-8models \\
         --policies default blend_knn blend_knn_argmax --seeds 0 1 2 --out /tmp/tried.json
