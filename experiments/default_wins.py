@@ -23,6 +23,17 @@ is held out, never looked at while choosing settings:
   with a different frontier (added after the settings were fixed; nothing was tuned on it).
 - ``routellm-mix600``: 600 prompts drawn from all three benchmarks with another seed (added with
   ``arena-8models``; it played no part in choosing anything).
+- ``routellm-fewshot600``: ``routellm-mix600``'s prompts as a benchmark harness sends them, the way
+  RouterBench's ARC and Winogrande prompts arrive (added after every setting was fixed): each GSM8K question
+  behind one identical 8-shot block (eight other GSM8K questions, answers as placeholders: the data does not
+  record them), each MMLU question behind its subject's 5-shot block (MMLU's own format, five other questions
+  of the subject, placeholder letters), each MT-Bench prompt inside one ~430-token system prompt
+  (``templates/system_prompt.txt``). The shots come from prompts outside the 600. Embedded with the default
+  representation (affixes learned from the 600 prompts and dropped), so the folds, outcomes and draws are
+  mix600's: the default's AIQ here minus there is the cost of the templates, paired.
+  ``routellm-fewshot600-head``: the same prompts read as before templates were learned (the first 256
+  tokens), for contrast; ``routellm-fewshot600-pool``: affixes learned and pooled (what varies plus the
+  matched template's embedding, ``affixes.mode=pool``).
 
 Usage:
 
@@ -59,6 +70,7 @@ from router_rl.policies.oracle import Oracle  # noqa: E402
 from router_rl.reward import default_cost_scale  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+TEMPLATES = Path(__file__).parent / "templates"
 BUNDLED = {"arena": "arena", "routellm": "routellm"}
 VARIANTS = [
     "arena",
@@ -70,6 +82,9 @@ VARIANTS = [
     "arena-skewed",
     "arena-8models",
     "routellm-mix600",
+    "routellm-fewshot600",
+    "routellm-fewshot600-head",
+    "routellm-fewshot600-pool",
 ]
 ZOO = [
     "default",
@@ -137,22 +152,89 @@ def variant_setup(name: str, base: T.Setup, cfg: Any) -> T.Setup:
             )
         elif name == "routellm-mix300":
             rows = np.sort(rng.choice(data.n_prompts, 300, replace=False))
-        elif name == "routellm-mix600":
+        elif name == "routellm-mix600" or name.startswith("routellm-fewshot600"):
             rows = np.sort(np.random.default_rng(7).choice(data.n_prompts, 600, replace=False))
         else:
             raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
         sub = dataclasses.replace(data.take(rows), name=name)
     scheme, split_label, plan, final_rows = T.evaluation_plan(sub, cfg.evaluation, cfg.data)
+    embeddings = base.embeddings[rows]
+    if name.startswith("routellm-fewshot600"):
+        sub = dataclasses.replace(sub, prompts=harness_prompts(data, rows))
+        mode = name.rsplit("-", 1)[1] if name.count("-") == 2 else "drop"
+        embeddings = embed_as_trained(cfg, sub, final_rows, mode=mode)
     return dataclasses.replace(
         base,
         data=sub,
-        embeddings=base.embeddings[rows],
+        embeddings=embeddings,
         scheme=scheme,
         split_label=split_label,
         plan=plan,
         final_rows=final_rows,
         cost_scale=default_cost_scale(sub.cost_usd[final_rows]),
     )
+
+
+def harness_prompts(data: Any, rows: np.ndarray, seed: int = 2024) -> np.ndarray:
+    """``routellm-fewshot600``'s prompts: ``data.prompts[rows]`` behind the blocks a benchmark harness puts
+    before them (GSM8K: one 8-shot block; MMLU: its subject's 5-shot block; MT-Bench: one system prompt)."""
+    from representation_study import SYSTEM_PROMPT, TEMPLATE
+
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(data.groups).astype(str)
+    outside = np.setdiff1d(np.arange(data.n_prompts), rows)
+    gsm = outside[groups[outside] == "routellm/gsm8k"]
+    shots = [str(data.prompts[i]) for i in rng.choice(gsm, 8, replace=False)]
+    numbers = rng.integers(2, 500, size=8)
+    gsm_block = "".join(
+        f"Question: {q}\nAnswer: Let's think step by step. ... The answer is {n}.\n\n"
+        for q, n in zip(shots, numbers, strict=True)
+    )
+    blocks: dict[str, str] = {}
+    out = []
+    for i in rows:
+        group, text = groups[i], str(data.prompts[i])
+        if group == "routellm/gsm8k":
+            out.append(f"{gsm_block}Question: {text}\nAnswer:")
+        elif group.startswith("routellm/mmlu/"):
+            if group not in blocks:
+                subject = group.rsplit("/", 1)[1]
+                pool = outside[groups[outside] == group]
+                picked = rng.choice(pool, min(5, len(pool)), replace=False)
+                letters = rng.choice(list("ABCD"), size=len(picked))
+                blocks[group] = (
+                    f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+                    + "".join(f"{data.prompts[j]} {a}\n\n" for j, a in zip(picked, letters, strict=True))
+                )
+            out.append(blocks[group] + text)
+        else:
+            out.append(TEMPLATE.format(system=SYSTEM_PROMPT, prompt=text))
+    return np.asarray(out, dtype=object)
+
+
+def embed_as_trained(cfg: Any, data: Any, final_rows: np.ndarray, mode: str = "drop") -> np.ndarray:
+    """``data``'s prompts embedded as ``router-rl train`` embeds them: the default representation, its affixes
+    learned from the prompts the final policy trains on (``compose_cfg`` turns them off for the plain sets;
+    ``mode``: ``drop`` or ``pool`` as ``affixes.mode``, ``head`` the first tokens only, as before affixes)."""
+    from omegaconf import OmegaConf
+
+    from router_rl.representation import identical_embeddings
+
+    embedder_cfg = OmegaConf.create(OmegaConf.to_container(cfg.embedder, resolve=True))
+    embedder_cfg.representation.affixes.enabled = mode != "head"
+    if mode != "head":
+        embedder_cfg.representation.affixes.mode = mode
+    prompts = [str(p) for p in data.prompts]
+    representation = T.fit_representation(embedder_cfg, [prompts[i] for i in final_rows])
+    embedder = T.make_embedder(embedder_cfg, representation=representation)
+    print(f"[default_wins] {data.name}: {representation.describe()}", flush=True)
+    embeddings = embedder.encode(prompts)
+    n, groups = identical_embeddings(prompts, embeddings)
+    print(
+        f"[default_wins] {data.name}: {n} of {len(prompts)} prompts embed like a prompt with another text ({groups} groups)",
+        flush=True,
+    )
+    return embeddings
 
 
 def learners_for(cfg: Any, options: list[str]) -> dict[str, T.PolicyFactory]:
