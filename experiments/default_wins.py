@@ -70,8 +70,12 @@ from router_rl.policies.oracle import Oracle  # noqa: E402
 from router_rl.reward import default_cost_scale  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-TEMPLATES = Path(__file__).parent / "templates"
 BUNDLED = {"arena": "arena", "routellm": "routellm"}
+FEWSHOT = {  # variant -> how its prompts' templates are read (embed_as_trained's mode)
+    "routellm-fewshot600": "drop",
+    "routellm-fewshot600-head": "head",
+    "routellm-fewshot600-pool": "pool",
+}
 VARIANTS = [
     "arena",
     "routellm",
@@ -82,9 +86,7 @@ VARIANTS = [
     "arena-skewed",
     "arena-8models",
     "routellm-mix600",
-    "routellm-fewshot600",
-    "routellm-fewshot600-head",
-    "routellm-fewshot600-pool",
+    *FEWSHOT,
 ]
 ZOO = [
     "default",
@@ -152,17 +154,16 @@ def variant_setup(name: str, base: T.Setup, cfg: Any) -> T.Setup:
             )
         elif name == "routellm-mix300":
             rows = np.sort(rng.choice(data.n_prompts, 300, replace=False))
-        elif name == "routellm-mix600" or name.startswith("routellm-fewshot600"):
+        elif name == "routellm-mix600" or name in FEWSHOT:
             rows = np.sort(np.random.default_rng(7).choice(data.n_prompts, 600, replace=False))
         else:
             raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
         sub = dataclasses.replace(data.take(rows), name=name)
     scheme, split_label, plan, final_rows = T.evaluation_plan(sub, cfg.evaluation, cfg.data)
     embeddings = base.embeddings[rows]
-    if name.startswith("routellm-fewshot600"):
+    if name in FEWSHOT:
         sub = dataclasses.replace(sub, prompts=harness_prompts(data, rows))
-        mode = name.rsplit("-", 1)[1] if name.count("-") == 2 else "drop"
-        embeddings = embed_as_trained(cfg, sub, final_rows, mode=mode)
+        embeddings = embed_as_trained(cfg, sub, final_rows, mode=FEWSHOT[name])
     return dataclasses.replace(
         base,
         data=sub,
@@ -178,7 +179,7 @@ def variant_setup(name: str, base: T.Setup, cfg: Any) -> T.Setup:
 def harness_prompts(data: Any, rows: np.ndarray, seed: int = 2024) -> np.ndarray:
     """``routellm-fewshot600``'s prompts: ``data.prompts[rows]`` behind the blocks a benchmark harness puts
     before them (GSM8K: one 8-shot block; MMLU: its subject's 5-shot block; MT-Bench: one system prompt)."""
-    from representation_study import SYSTEM_PROMPT, TEMPLATE
+    from representation_study import SYSTEM_PROMPT, TEMPLATE, mmlu_shot_block
 
     rng = np.random.default_rng(seed)
     groups = np.asarray(data.groups).astype(str)
@@ -198,14 +199,11 @@ def harness_prompts(data: Any, rows: np.ndarray, seed: int = 2024) -> np.ndarray
             out.append(f"{gsm_block}Question: {text}\nAnswer:")
         elif group.startswith("routellm/mmlu/"):
             if group not in blocks:
-                subject = group.rsplit("/", 1)[1]
                 pool = outside[groups[outside] == group]
                 picked = rng.choice(pool, min(5, len(pool)), replace=False)
                 letters = rng.choice(list("ABCD"), size=len(picked))
-                blocks[group] = (
-                    f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-                    + "".join(f"{data.prompts[j]} {a}\n\n" for j, a in zip(picked, letters, strict=True))
-                )
+                questions = [str(data.prompts[j]) for j in picked]
+                blocks[group] = mmlu_shot_block(group.rsplit("/", 1)[1], questions, letters)
             out.append(blocks[group] + text)
         else:
             out.append(TEMPLATE.format(system=SYSTEM_PROMPT, prompt=text))

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -132,10 +133,17 @@ def fewshot_rows(sample: str, per_subject: int, seed: int = 0) -> list[dict]:
         half = len(rest) // 2
         chosen = rest[:half][:per_subject] if sample == "A" else rest[half:][:per_subject]
         letters = rng.choice(list("ABCD"), size=5)
-        block = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        block += "".join(f"{s['prompt']} {letter}\n\n" for s, letter in zip(shots, letters, strict=True))
+        block = mmlu_shot_block(subject, [s["prompt"] for s in shots], letters)
         out += [{"prompt_id": r["prompt_id"], "prompt": block + r["prompt"]} for r in chosen]
     return out
+
+
+def mmlu_shot_block(subject: str, questions: Sequence[str], letters: Sequence[str]) -> str:
+    """MMLU's k-shot block for ``subject``: its header, then each question with an answer letter."""
+    block = (
+        f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    )
+    return block + "".join(f"{q} {letter}\n\n" for q, letter in zip(questions, letters, strict=True))
 
 
 def variant_overrides(name: str, folder: Path) -> list[str]:
