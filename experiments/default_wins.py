@@ -75,6 +75,7 @@ FEWSHOT = {  # variant -> how its prompts' templates are read (embed_as_trained'
     "routellm-fewshot600": "drop",
     "routellm-fewshot600-head": "head",
     "routellm-fewshot600-pool": "pool",
+    "routellm-fewshot600-center": "center",
 }
 VARIANTS = [
     "arena",
@@ -213,7 +214,7 @@ def harness_prompts(data: Any, rows: np.ndarray, seed: int = 2024) -> np.ndarray
 def embed_as_trained(cfg: Any, data: Any, final_rows: np.ndarray, mode: str = "drop") -> np.ndarray:
     """``data``'s prompts embedded as ``router-rl train`` embeds them: the default representation, its affixes
     learned from the prompts the final policy trains on (``compose_cfg`` turns them off for the plain sets;
-    ``mode``: ``drop`` or ``pool`` as ``affixes.mode``, ``head`` the first tokens only, as before affixes)."""
+    ``mode``: ``drop``, ``pool`` or ``center`` as ``affixes.mode``, ``head`` the first tokens only, as before affixes)."""
     from omegaconf import OmegaConf
 
     from router_rl.representation import identical_embeddings
@@ -293,6 +294,79 @@ def run_variant(
     return report
 
 
+def contrast(names: list[str], setups: dict[str, T.Setup], cfg: Any, seeds: list[int], n_boot: int) -> dict:
+    """The default policy on each of ``names`` (the same prompts, read another way: FEWSHOT variants), each
+    against the first: AIQ per seed and the paired bootstrap interval over prompts of the difference."""
+    from router_rl.evaluation import aggregate_reports, paired_comparisons
+
+    learners = learners_for(cfg, ["default"])
+    first = setups[names[0]]
+    per_seed: list[dict] = [{} for _ in seeds]
+    aiq: dict[str, list[float]] = {}
+    for name in names:
+        setup = setups[name]
+        for i, seed in enumerate(seeds):
+            probs, _, _ = T.cross_fit(setup, learners, cfg=cfg, seed=seed, bar=None, tracker=_NoTracker())
+            per_seed[i][name] = probs["default"]
+        print(f"[default_wins] contrast {name}: {len(seeds)} seeds done", flush=True)
+    reports = [
+        build_report(
+            first.data,
+            first.test_rows,
+            p,
+            scheme=first.scheme,
+            split=first.split_label,
+            cost_scale=first.cost_scale,
+            oracle_probs=None,
+            max_cost=None,
+        )  # fmt: skip
+        for p in per_seed
+    ]
+    largest = max(r["max_cost_usd"] for r in reports)
+    rows = first.test_rows
+    out: dict[str, Any] = {"seeds": seeds, "n_boot": n_boot, "reference": names[0], "modes": {}}
+    agg = aggregate_reports(reports, seeds)
+    for name in names:
+        aiq[name] = [r["policies"][name]["aiq"] for r in reports]
+        pol = agg["policies"][name]
+        entry: dict[str, Any] = {
+            "aiq": pol["aiq"],
+            "aiq_sd": pol.get("aiq_std", 0.0),
+            "aiq_per_seed": aiq[name],
+        }
+        if name != names[0]:
+            cmp = paired_comparisons(
+                [{name: p[name], names[0]: p[names[0]]} for p in per_seed], name,
+                first.data.quality[rows], first.data.cost_usd[rows],
+                max_cost=largest, n_boot=n_boot, level=0.95, seed=0,
+            )  # fmt: skip
+            entry["minus_reference"] = cmp["rivals"][names[0]]
+        out["modes"][name] = entry
+    return out
+
+
+def contrast_markdown(result: dict) -> str:
+    ref = result["reference"]
+    lines = [
+        "# The default policy on the same prompts read another way (`default_wins.py --contrast`)\n",
+        f"Seeds {result['seeds']}; paired bootstrap over prompts ({result['n_boot']} resamples, 95%) of each "
+        f"mode's AIQ minus `{ref}`'s, the same folds and draws.\n",
+        "| variant (affixes mode) | AIQ (sd) | per seed | minus reference [95% CI] |",
+        "|---|---:|---|---:|",
+    ]
+    for name, e in result["modes"].items():
+        seeds = ", ".join(f"{v:.4f}" for v in e["aiq_per_seed"])
+        if "minus_reference" in e:
+            c = e["minus_reference"]
+            diff = f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+        else:
+            diff = "reference"
+        lines.append(
+            f"| {name} ({FEWSHOT.get(name, 'drop')}) | {e['aiq']:.4f} ({e['aiq_sd']:.4f}) | {seeds} | {diff} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def fmt(v: Any, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "never"
@@ -366,8 +440,25 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every variant")
     parser.add_argument("--out", type=Path, default=RESULTS / "default_wins.json")
+    parser.add_argument(
+        "--contrast",
+        action="store_true",
+        help="only the default policy on each variant (the same prompts read another way), each against the first",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.contrast:
+        bundled = {n.split("-")[0] for n in args.variants}
+        if len(bundled) != 1:
+            parser.error("--contrast compares variants of one bundled dataset")
+        cfg = compose_cfg(bundled.pop(), list(args.override))
+        base = T.prepare(cfg)
+        setups = {n: base if n in BUNDLED else variant_setup(n, base, cfg) for n in args.variants}
+        result = contrast(list(args.variants), setups, cfg, list(args.seeds), args.n_boot)
+        args.out.write_text(json.dumps(json.loads(to_json(result)), indent=1))
+        args.out.with_suffix(".md").write_text(contrast_markdown(result))
+        print(contrast_markdown(result), flush=True)
+        return
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     bases: dict[str, tuple[Any, T.Setup]] = {}
     for name in args.variants:

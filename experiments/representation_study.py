@@ -15,10 +15,15 @@ cross-fitting as the train command picks it, no baselines, no MLflow and no expo
   behind the 5-shot block of its subject as MMLU's 5-shot evaluation builds it: the subject header and five
   other questions of that subject with an answer letter; the letters are placeholders, drawn at random,
   as the data does not record the right options; A and B are disjoint question samples), ``routellm`` (the
-  bundled RouteLLM prompts, plain; holdout split as the train command picks it).
+  bundled RouteLLM prompts, plain; holdout split as the train command picks it), ``multitemplated`` (each
+  arena prompt inside one of four unrelated apps' system prompts, ``experiments/templates/system_prompt*.txt``,
+  75 each, drawn at random) and ``halftemplated`` (a random half inside the one system prompt, the other half
+  plain): templates that say nothing about the prompt.
 - encoders: ``minilm`` (the default, torch) and ``static`` (distilled from it, ``embedder=static``).
 - representations: ``head`` (the first 256 tokens: the old behaviour), ``head_tail`` (128 + 126),
-  ``chunks`` (254-token chunks mean-pooled), each with and without learned affixes (``affix+...``).
+  ``chunks`` (254-token chunks mean-pooled), each with and without learned affixes (``affix+...``);
+  ``affixpool+head`` and ``affixcenter+head`` (affixes learned, their embedding added back: ``affixes.mode``
+  ``pool`` and ``center``).
 
 Thresholds (affix share and length, window sizes) are chosen on ``fewshot-A`` only; the other variants
 report. Per run: AIQ, cost at 95% / 97% of the best model's quality (as a fraction of its cost), the share of
@@ -56,7 +61,11 @@ DATASETS = ROOT / "router_rl" / "datasets"
 SYSTEM_PROMPT = (ROOT / "experiments" / "templates" / "system_prompt.txt").read_text()
 TEMPLATE = "<|system|>\n{system}<|user|>\n{prompt}\n<|assistant|>\n"
 
-VARIANTS = ("plain", "templated", "fewshot-A", "fewshot-B", "routellm")
+VARIANTS = ("plain", "templated", "fewshot-A", "fewshot-B", "routellm", "multitemplated", "halftemplated")
+# system prompts of four unrelated apps: multitemplated gives each arena prompt one of them at random
+SYSTEM_PROMPTS = [SYSTEM_PROMPT] + [
+    (ROOT / "experiments" / "templates" / f"system_prompt_{k}.txt").read_text() for k in "bcd"
+]
 ENCODERS = {"minilm": ["embedder=minilm"], "static": ["embedder=static"]}
 WINDOWS = {
     "head": ["embedder.representation.window=head"],
@@ -69,6 +78,8 @@ REPRESENTATIONS = {
 }
 REPRESENTATIONS["affixpool+head"] = [*WINDOWS["head"], "embedder.representation.affixes.enabled=true",
                                      "embedder.representation.affixes.mode=pool"]  # fmt: skip
+REPRESENTATIONS["affixcenter+head"] = [*WINDOWS["head"], "embedder.representation.affixes.enabled=true",
+                                       "embedder.representation.affixes.mode=center"]  # fmt: skip
 STATIC_SKIP = {"chunks", "affix+chunks"}  # a token lookup's chunk mean is its whole-prompt mean
 # the tuning grid on fewshot-A: affix@<min_share>@<min_chars>+<window>
 TUNING = [f"affix@{share}@{chars}+head" for share in (0.05, 0.02, 0.01) for chars in (200,)]
@@ -149,10 +160,23 @@ def mmlu_shot_block(subject: str, questions: Sequence[str], letters: Sequence[st
 def variant_overrides(name: str, folder: Path) -> list[str]:
     if name == "routellm":
         return ["data=routellm"]
-    if name in ("plain", "templated"):
+    if name in ("plain", "templated", "multitemplated", "halftemplated"):
         rows = _read_prompts("arena_bench_v1_gpt4judge")
         if name == "templated":
             rows = [{**r, "prompt": TEMPLATE.format(system=SYSTEM_PROMPT, prompt=r["prompt"])} for r in rows]
+        elif name != "plain":  # templates that say nothing about the prompt: four apps, or half with one
+            rng = np.random.default_rng(7)
+            systems = SYSTEM_PROMPTS if name == "multitemplated" else [SYSTEM_PROMPT, None]
+            which = rng.permutation(np.arange(len(rows)) % len(systems))
+            rows = [
+                {
+                    **r,
+                    "prompt": r["prompt"]
+                    if systems[k] is None
+                    else TEMPLATE.format(system=systems[k], prompt=r["prompt"]),
+                }
+                for r, k in zip(rows, which, strict=True)
+            ]
         return _write_variant(folder / name, "arena_bench_v1_gpt4judge", rows)
     sample = name.rsplit("-", 1)[1]
     rows = fewshot_rows(sample, per_subject=10 if sample == "A" else 20)

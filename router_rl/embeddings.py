@@ -260,7 +260,8 @@ class Embedder:
         self._memory = _LRU(memory_cache_size) if memory_cache_size > 0 else None
         self._model = static_encoder
         self._windows: _Windows | None = None
-        self._templates: dict[str, np.ndarray] = {}  # affix_mode pool: the matched affixes' embeddings
+        self._templates: dict[str, np.ndarray] = {}  # affix_mode pool/center: the affixes' embeddings
+        self._affix_mean: np.ndarray | None = None  # affix_mode center: their mean over the training prompts
         self._load_lock = threading.Lock()
         self.n_encoded = 0  # texts actually run through the encoder (cache misses), for tests and logs
 
@@ -315,6 +316,7 @@ class Embedder:
         twin = copy.copy(self)
         twin.representation = representation
         twin._templates = {}
+        twin._affix_mean = None
         twin._memory = _LRU(self._memory.size) if self._memory is not None else None
         twin.n_encoded = 0
         return twin
@@ -384,7 +386,8 @@ class Embedder:
     # ------------------------------------------------------------------ encoding
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts`` under the representation: affixes off (``pool``: their own embedding added
-        back with equal weight), then the window."""
+        back with equal weight; ``center``: added less their mean over the training prompts), then the
+        window."""
         model = self._load()
         self.n_encoded += len(texts)
         rep = self.representation
@@ -392,15 +395,25 @@ class Embedder:
             return self._encode_windowed(model, list(texts))
         parts = [rep.split(t) for t in texts]
         x = self._encode_windowed(model, [core for core, _ in parts])
-        if rep.affix_mode == "pool":
+        if rep.affix_mode in ("pool", "center"):
             known = self._templates  # a few learned affixes: encoded once each, kept
-            new = sorted({t for _, t in parts if t and t not in known})
+            weights = rep.affix_weights() if rep.affix_mode == "center" and self._affix_mean is None else []
+            new = sorted(
+                {t for _, t in parts if t and t not in known} | {t for t, _ in weights if t not in known}
+            )
             if new:
                 known.update(zip(new, self._encode_windowed(model, new), strict=True))
-            if any(t for _, t in parts):
-                vectors = known
+            if rep.affix_mode == "center":
+                if self._affix_mean is None:  # fixed by the representation: summed once
+                    self._affix_mean = sum(
+                        (w * known[t] for t, w in weights), np.zeros(x.shape[1], dtype=np.float32)
+                    ).astype(np.float32)
+                mean = self._affix_mean
+                zero = np.zeros(x.shape[1], dtype=np.float32)
+                x = normalise(x + (np.stack([known[t] if t else zero for _, t in parts]) - mean))
+            elif any(t for _, t in parts):
                 rows = [i for i, (_, t) in enumerate(parts) if t]
-                x[rows] = normalise(x[rows] + np.stack([vectors[parts[i][1]] for i in rows]))
+                x[rows] = normalise(x[rows] + np.stack([known[parts[i][1]] for i in rows]))
         return x
 
     def _encode_windowed(self, model, texts: list[str]) -> np.ndarray:

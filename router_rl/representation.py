@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 WINDOWS = ("head", "head_tail", "chunks")
-AFFIX_MODES = ("drop", "pool")
+AFFIX_MODES = ("drop", "pool", "center")
 VERSION = 1  # bump when apply() changes meaning for the same fields
 WHITESPACE = " \t\n\r\f\v"
 
@@ -50,8 +50,14 @@ class Representation:
         tail_tokens: ``head_tail``: tokens kept from the end.
         chunk_tokens: ``chunks``: tokens per chunk.
         max_chunks: ``chunks``: most chunks per prompt (the first ``max_chunks - 1`` and the last).
-        affix_mode: ``drop`` (encode only what varies) or ``pool`` (what varies plus the matched affixes'
-            own embedding, equal weights: prompts keep which template they came with).
+        affix_mode: ``drop`` (encode only what varies), ``pool`` (what varies plus the matched affixes'
+            own embedding, equal weights: prompts keep which template they came with) or ``center`` (what
+            varies plus the matched affixes' embedding less its mean over the training prompts, a prompt
+            without affixes counting as zero: one template that every prompt shares adds nothing, several
+            say which one a prompt came with).
+        affix_counts: ``center``: (prefix index, suffix index, training prompts) for each combination of
+            affixes the training prompts matched, -1 for none (:func:`count_affixes`); the mean is taken
+            over them.
         learned: how the affixes were learned (settings and counts), for the record only.
     """
 
@@ -63,6 +69,7 @@ class Representation:
     chunk_tokens: int = 0
     max_chunks: int = 8
     affix_mode: str = "drop"
+    affix_counts: tuple[tuple[int, int, int], ...] = ()
     learned: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +97,8 @@ class Representation:
             out.update(chunk_tokens=self.chunk_tokens, max_chunks=self.max_chunks)
         if self.affix_mode != "drop":
             out["affix_mode"] = self.affix_mode
+        if self.affix_counts:
+            out["affix_counts"] = [list(c) for c in self.affix_counts]
         out.update(prefixes=list(self.prefixes), suffixes=list(self.suffixes))
         return out
 
@@ -110,6 +119,8 @@ class Representation:
         n_p, n_s = len(self.prefixes), len(self.suffixes)
         if (n_p or n_s) and self.affix_mode == "pool":
             label += ", affixes pooled"
+        elif (n_p or n_s) and self.affix_mode == "center":
+            label += ", affixes centered"
         if n_p:
             label += f", {n_p} prefix{'es' if n_p > 1 else ''}"
         if n_s:
@@ -141,6 +152,7 @@ class Representation:
             "chunk_tokens",
             "max_chunks",
             "affix_mode",
+            "affix_counts",
         }
         known |= {"prefixes", "suffixes", "learned"}
         unknown = sorted(set(block) - known)
@@ -162,6 +174,16 @@ class Representation:
         learned = block.get("learned", {})
         if not isinstance(learned, dict):
             raise RepresentationError("representation.learned must be an object")
+        counts = block.get("affix_counts", [])
+        if not isinstance(counts, list) or not all(
+            isinstance(c, list)
+            and len(c) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in c)
+            for c in counts
+        ):
+            raise RepresentationError(
+                "representation.affix_counts must be a list of [prefix index, suffix index, count] integers"
+            )
         return cls(
             prefixes=tuple(block.get("prefixes", [])),
             suffixes=tuple(block.get("suffixes", [])),
@@ -171,32 +193,64 @@ class Representation:
             chunk_tokens=block.get("chunk_tokens", 0),
             max_chunks=block.get("max_chunks", 8),
             affix_mode=block.get("affix_mode", "drop"),
+            affix_counts=tuple(tuple(c) for c in counts),
             learned=learned,
         )
 
     def with_affixes(
         self, prefixes: Sequence[str], suffixes: Sequence[str], learned: dict[str, Any] | None = None
     ) -> Representation:
-        return replace(self, prefixes=tuple(prefixes), suffixes=tuple(suffixes), learned=dict(learned or {}))
+        return replace(
+            self,
+            prefixes=tuple(prefixes),
+            suffixes=tuple(suffixes),
+            affix_counts=(),
+            learned=dict(learned or {}),
+        )
+
+    def with_counts(self, texts: Sequence[str]) -> Representation:
+        """``center``: this representation with :attr:`affix_counts` taken over ``texts`` (the training
+        prompts); other modes: unchanged."""
+        if self.affix_mode != "center" or not (self.prefixes or self.suffixes):
+            return self
+        return replace(self, affix_counts=count_affixes(self, texts))
+
+    def affix_weights(self) -> list[tuple[str, float]]:
+        """``center``: (matched affix text, share of the training prompts) for each combination counted; the
+        prompts that matched none make up the rest of the total. Its weighted sum of the affixes'
+        embeddings is the mean subtracted."""
+        total = sum(c for _, _, c in self.affix_counts)
+        out = []
+        for p, s, c in self.affix_counts:
+            text = (self.prefixes[p] if p >= 0 else "") + (self.suffixes[s] if s >= 0 else "")
+            if text and total:
+                out.append((text, c / total))
+        return out
 
     # ------------------------------------------------------------------ applying
     def remove_affixes(self, text: str) -> str:
         """``text`` without its longest learned prefix and suffix; ``text`` itself when nothing else remains."""
         return self.split(text)[0]
 
+    def match(self, text: str) -> tuple[str, int, int]:
+        """(what varies, index of the prefix matched, index of the suffix matched; -1 for none): what
+        :meth:`split` cuts, by position in :attr:`prefixes` and :attr:`suffixes`."""
+        out, pi, si = text, -1, -1
+        for i, p in enumerate(self.prefixes):  # longest first
+            if out.startswith(p):
+                out, pi = out[len(p) :], i
+                break
+        for i, s in enumerate(self.suffixes):
+            if len(out) > len(s) and out.endswith(s):
+                out, si = out[: len(out) - len(s)], i
+                break
+        return (out, pi, si) if out.strip() else (text, -1, -1)
+
     def split(self, text: str) -> tuple[str, str]:
         """(what varies, the affixes it matched: prefix + suffix, '' when none): ``text`` less its longest
         learned prefix and suffix; (``text``, '') when nothing else would remain."""
-        out, prefix, suffix = text, "", ""
-        for p in self.prefixes:  # longest first
-            if out.startswith(p):
-                out, prefix = out[len(p) :], p
-                break
-        for s in self.suffixes:
-            if len(out) > len(s) and out.endswith(s):
-                out, suffix = out[: len(out) - len(s)], s
-                break
-        return (out, prefix + suffix) if out.strip() else (text, "")
+        out, pi, si = self.match(text)
+        return out, (self.prefixes[pi] if pi >= 0 else "") + (self.suffixes[si] if si >= 0 else "")
 
     def pieces(self, ids: Sequence[int], budget: int | None) -> list[list[int]]:
         """The token pieces the encoder runs for one prompt's content tokens ``ids`` (no special tokens).
@@ -224,12 +278,28 @@ class Representation:
         return chunks
 
 
+def count_affixes(rep: Representation, texts: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """(prefix index, suffix index, distinct texts) for each combination of ``rep``'s affixes that the
+    distinct ``texts`` match, -1 for none (the combination (-1, -1) is the texts that match nothing)."""
+    counts: dict[tuple[int, int], int] = {}
+    for text in dict.fromkeys(str(t) for t in texts):
+        _, p, s = rep.match(text)
+        counts[(p, s)] = counts.get((p, s), 0) + 1
+    return tuple((p, s, c) for (p, s), c in sorted(counts.items()))
+
+
 def check(rep: Representation) -> None:
     """Raise :class:`RepresentationError` when ``rep``'s window settings are out of range."""
     if rep.affix_mode not in AFFIX_MODES:
         raise RepresentationError(
             f"representation affix_mode {rep.affix_mode!r} is unknown; expected one of {AFFIX_MODES}"
         )
+    for p, s, c in rep.affix_counts:
+        if not (-1 <= p < len(rep.prefixes) and -1 <= s < len(rep.suffixes) and c >= 0):
+            raise RepresentationError(
+                f"representation affix_counts entry {[p, s, c]} does not name a learned prefix and suffix "
+                f"({len(rep.prefixes)} prefixes, {len(rep.suffixes)} suffixes) with a count >= 0"
+            )
     if rep.window not in WINDOWS:
         raise RepresentationError(
             f"representation window {rep.window!r} is unknown; expected one of {WINDOWS}"

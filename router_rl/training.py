@@ -106,12 +106,12 @@ def make_embedder(
 
 def fit_representation(cfg: DictConfig, texts: list[str]) -> Representation:
     """The ``embedder.representation`` config's window, with the affixes learned from ``texts`` (the training
-    prompts) when ``affixes.enabled``."""
+    prompts) when ``affixes.enabled`` (``mode: center``: and how many of them matched each)."""
     rep, learn = representation_config(cfg.get("representation"))
     if not learn.pop("enabled"):
         return rep
     prefixes, suffixes, record = learn_affixes(texts, **learn)
-    return rep.with_affixes(prefixes, suffixes, record)
+    return rep.with_affixes(prefixes, suffixes, record).with_counts(texts)
 
 
 def warn_identical(texts: list[str], embeddings: np.ndarray, embedder: Embedder, threshold: float) -> int:

@@ -207,6 +207,12 @@ def test_manifest_round_trip_and_fingerprint() -> None:
         ({"window": "head_tail", "head_tokens": True}, "head_tokens is True, expected an integer"),
         ({"window": "bag"}, "window 'bag' is unknown"),
         ({"window": "head", "path": "../x"}, r"unknown field\(s\) \['path'\]"),
+        ({"window": "head", "affix_counts": [[0, -1]]}, "affix_counts must be a list of"),
+        ({"window": "head", "affix_counts": [[0, -1, 2.5]]}, "affix_counts must be a list of"),
+        (
+            {"window": "head", "prefixes": ["ab"], "affix_counts": [[1, -1, 3]]},
+            r"entry \[1, -1, 3\] does not name",
+        ),
     ],
 )
 def test_malformed_manifest_blocks_are_refused(block, message: str) -> None:
@@ -467,3 +473,74 @@ def test_pooled_affixes_add_the_template_embedding_once() -> None:
     assert rep.fingerprint != Representation(prefixes=(long_system,)).fingerprint
     with pytest.raises(RepresentationError, match="affix_mode 'keep' is unknown"):
         Representation(affix_mode="keep")
+
+
+def test_centered_affixes_add_the_template_less_its_training_mean() -> None:
+    """affix_mode center: what varies plus (the matched template's embedding less the mean of the templates
+    over the training prompts, a prompt without one counting as zero). One template shared by every training
+    prompt adds nothing (the same vectors as dropping it); two say which a prompt came with; the counts are
+    sealed in the manifest and serving reads them back."""
+    other = (
+        "Answer the arithmetic question below. Show each step, then give the number alone on its last line. "
+        * 3
+    )
+    system = SYSTEM * 6
+    texts = [system + q for q in QUESTIONS[:4]] + [other + q for q in QUESTIONS[4:6]] + QUESTIONS[6:]
+    rep = Representation(prefixes=(system, other), affix_mode="center").with_counts(texts)
+    i_sys, i_other = rep.prefixes.index(system), rep.prefixes.index(other)
+    assert sorted(rep.affix_counts) == sorted([(i_sys, -1, 4), (i_other, -1, 2), (-1, -1, 2)])
+    assert dict(rep.affix_weights()) == {system: 0.5, other: 0.25}
+    assert rep.describe() == "head, affixes centered, 2 prefixes"
+    parts = Embedder(DEFAULT_ENCODER, device="cpu").encode([*QUESTIONS, system, other])
+    t_sys, t_other = parts[len(QUESTIONS)], parts[len(QUESTIONS) + 1]
+    mean = 0.5 * t_sys + 0.25 * t_other
+    x = Embedder(DEFAULT_ENCODER, device="cpu", representation=rep).encode(texts)
+    for i, template in enumerate([t_sys] * 4 + [t_other] * 2 + [0 * t_sys] * 2):
+        want = parts[i] + template - mean
+        np.testing.assert_allclose(x[i], want / np.linalg.norm(want), atol=1e-6)
+    back = Representation.from_manifest(rep.to_manifest())
+    assert back == rep and back.fingerprint == rep.fingerprint
+    assert rep.fingerprint != Representation(prefixes=(system, other), affix_mode="center").fingerprint
+    assert rep.with_affixes(rep.prefixes, ()).affix_counts == ()  # new affixes: counts are taken again
+
+    one = [system + q for q in QUESTIONS]
+    shared = Representation(prefixes=(system,), affix_mode="center").with_counts(one)
+    dropped = Embedder(DEFAULT_ENCODER, device="cpu", representation=Representation(prefixes=(system,)))
+    np.testing.assert_allclose(
+        Embedder(DEFAULT_ENCODER, device="cpu", representation=shared).encode(one),
+        dropped.encode(one),
+        atol=1e-6,
+    )
+    assert Representation(prefixes=(system,)).with_counts(one).affix_counts == ()  # drop: nothing to count
+
+
+def test_training_counts_centered_affixes_and_serving_applies_them(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from router_rl.serve.router import Router
+    from router_rl.training import fit_representation
+
+    other = (
+        "Answer the arithmetic question below. Show each step, then give the number alone on its last line. "
+        * 3
+    )
+    texts = [SYSTEM * 6 + q for q in QUESTIONS] + [other + q for q in QUESTIONS[:6]]
+    cfg = OmegaConf.create(
+        {
+            "representation": {
+                "window": "head",
+                "affixes": {"enabled": True, "mode": "center", "min_prompts": 5},
+            }
+        }
+    )
+    rep = fit_representation(cfg, texts)
+    assert rep.affix_mode == "center" and len(rep.prefixes) == 2
+    assert sum(c for *_, c in rep.affix_counts) == len(texts)
+    trained = Embedder(DEFAULT_ENCODER, device="cpu", representation=rep)
+    x = trained.encode(texts)
+    path = _artifact(tmp_path, trained, x.shape[1])
+    router = Router(path, device="cpu")
+    assert router.embedder.representation == rep
+    np.testing.assert_allclose(router.embed(texts), x, atol=1e-6)
+    alone = Router(path, device="cpu")  # a first request alone (one template seen): the same vector
+    np.testing.assert_allclose(alone.embed(texts[-1:]), x[-1:], atol=1e-6)
