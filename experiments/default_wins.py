@@ -28,12 +28,13 @@ is held out, never looked at while choosing settings:
   behind one identical 8-shot block (eight other GSM8K questions, answers as placeholders: the data does not
   record them), each MMLU question behind its subject's 5-shot block (MMLU's own format, five other questions
   of the subject, placeholder letters), each MT-Bench prompt inside one ~430-token system prompt
-  (``templates/system_prompt.txt``). The shots come from prompts outside the 600. Embedded with the default
-  representation (affixes learned from the 600 prompts and dropped), so the folds, outcomes and draws are
+  (``templates/system_prompt.txt``). The shots come from prompts outside the 600. Embedded with affixes
+  learned from the 600 prompts and dropped (``affixes.mode=drop``), so the folds, outcomes and draws are
   mix600's: the default's AIQ here minus there is the cost of the templates, paired.
   ``routellm-fewshot600-head``: the same prompts read as before templates were learned (the first 256
-  tokens), for contrast; ``routellm-fewshot600-pool``: affixes learned and pooled (what varies plus the
-  matched template's embedding, ``affixes.mode=pool``).
+  tokens), for contrast; ``-pool``, ``-center`` and ``-auto`` (the default mode): affixes learned, then
+  ``affixes.mode=pool``, ``center`` or ``auto``. ``--contrast`` runs the default policy alone on several of
+  these and gives each one's paired interval against the first.
 
 Usage:
 
@@ -76,6 +77,7 @@ FEWSHOT = {  # variant -> how its prompts' templates are read (embed_as_trained'
     "routellm-fewshot600-head": "head",
     "routellm-fewshot600-pool": "pool",
     "routellm-fewshot600-center": "center",
+    "routellm-fewshot600-auto": "auto",
 }
 VARIANTS = [
     "arena",
@@ -214,7 +216,7 @@ def harness_prompts(data: Any, rows: np.ndarray, seed: int = 2024) -> np.ndarray
 def embed_as_trained(cfg: Any, data: Any, final_rows: np.ndarray, mode: str = "drop") -> np.ndarray:
     """``data``'s prompts embedded as ``router-rl train`` embeds them: the default representation, its affixes
     learned from the prompts the final policy trains on (``compose_cfg`` turns them off for the plain sets;
-    ``mode``: ``drop``, ``pool`` or ``center`` as ``affixes.mode``, ``head`` the first tokens only, as before affixes)."""
+    ``mode``: ``drop``, ``pool``, ``center`` or ``auto`` as ``affixes.mode``, ``head`` the first tokens only, as before affixes)."""
     from omegaconf import OmegaConf
 
     from router_rl.representation import identical_embeddings
@@ -224,7 +226,8 @@ def embed_as_trained(cfg: Any, data: Any, final_rows: np.ndarray, mode: str = "d
     if mode != "head":
         embedder_cfg.representation.affixes.mode = mode
     prompts = [str(p) for p in data.prompts]
-    representation = T.fit_representation(embedder_cfg, [prompts[i] for i in final_rows])
+    train_prompts = [prompts[i] for i in final_rows]
+    representation = T.fit_representation(embedder_cfg, train_prompts, data.quality[final_rows])
     embedder = T.make_embedder(embedder_cfg, representation=representation)
     print(f"[default_wins] {data.name}: {representation.describe()}", flush=True)
     embeddings = embedder.encode(prompts)

@@ -74,10 +74,19 @@ WINDOWS = {
 }
 REPRESENTATIONS = {
     **{name: [*w, "embedder.representation.affixes.enabled=false"] for name, w in WINDOWS.items()},
-    **{f"affix+{name}": [*w, "embedder.representation.affixes.enabled=true"] for name, w in WINDOWS.items()},
+    **{
+        f"affix+{name}": [
+            *w,
+            "embedder.representation.affixes.enabled=true",
+            "embedder.representation.affixes.mode=drop",
+        ]
+        for name, w in WINDOWS.items()
+    },
 }
 REPRESENTATIONS["affixpool+head"] = [*WINDOWS["head"], "embedder.representation.affixes.enabled=true",
                                      "embedder.representation.affixes.mode=pool"]  # fmt: skip
+REPRESENTATIONS["affixauto+head"] = [*WINDOWS["head"], "embedder.representation.affixes.enabled=true",
+                                     "embedder.representation.affixes.mode=auto"]  # fmt: skip
 REPRESENTATIONS["affixcenter+head"] = [*WINDOWS["head"], "embedder.representation.affixes.enabled=true",
                                        "embedder.representation.affixes.mode=center"]  # fmt: skip
 STATIC_SKIP = {"chunks", "affix+chunks"}  # a token lookup's chunk mean is its whole-prompt mean

@@ -319,15 +319,22 @@ def from_config(cfg: Any) -> tuple[Representation, dict[str, Any]]:
     ``embedder.representation`` config block (any mapping; missing keys take the defaults below)."""
     cfg = cfg if cfg is not None else {}
     affixes = cfg.get("affixes") or {}
+    mode = str(affixes.get("mode", "drop"))
+    if mode not in (*AFFIX_MODES, "auto"):
+        raise RepresentationError(
+            f"embedder.representation.affixes.mode {mode!r} is unknown; expected one of {(*AFFIX_MODES, 'auto')}"
+        )
     rep = Representation(
         window=str(cfg.get("window", "head")),
         head_tokens=int(cfg.get("head_tokens", 0) or 0),
         tail_tokens=int(cfg.get("tail_tokens", 0) or 0),
         chunk_tokens=int(cfg.get("chunk_tokens", 0) or 0),
         max_chunks=int(cfg.get("max_chunks", 8) or 8),
-        affix_mode=str(affixes.get("mode", "drop")),
+        affix_mode="drop" if mode == "auto" else mode,
     )
     learn = {
+        "auto": mode == "auto",
+        "auto_alpha": float(affixes.get("auto_alpha", 0.01)),
         "enabled": bool(affixes.get("enabled", False)),
         "min_share": float(affixes.get("min_share", 0.01)),
         "min_prompts": int(affixes.get("min_prompts", 5)),
@@ -440,6 +447,50 @@ def learn_affixes(
         "suffix_counts": [c for _, c in suf],
     }
     return [p for p, _ in pre], [s for s, _ in suf], record
+
+
+def templates_inform(
+    rep: Representation, texts: Sequence[str], quality: np.ndarray, alpha: float = 0.01
+) -> dict[str, Any]:
+    """Whether the templates the training prompts matched tell their outcomes apart: ``mode: auto``'s test.
+
+    The prompts are grouped by the affixes they matched (no affix is a group of its own); for each model a
+    one-way ANOVA F-test of its quality across the groups, the smallest p-value times the number of models
+    (Bonferroni) against ``alpha``. ``quality``: (N, K), the rows of ``texts``. Returns ``{"center": bool,
+    "p_value", "groups", "prompts"}``: center when the groups differ at level ``alpha``.
+    """
+    from scipy.stats import f as f_dist
+
+    q = np.asarray(quality, dtype=np.float64)
+    if q.ndim != 2 or q.shape[0] != len(texts):
+        raise ValueError(f"quality has shape {q.shape}; expected ({len(texts)}, models)")
+    keys = [rep.match(str(t))[1:] for t in texts]
+    labels = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    g = np.array([labels[k] for k in keys], dtype=np.int64)
+    n, n_groups = len(g), len(labels)
+    out: dict[str, Any] = {"center": False, "p_value": 1.0, "groups": n_groups, "prompts": n}
+    if n_groups < 2:
+        return out
+    best = 1.0
+    for k in range(q.shape[1]):
+        seen = np.isfinite(q[:, k])  # a model without an outcome on some prompts: tested on the rest
+        col, gk = q[seen, k], g[seen]
+        sizes = np.bincount(gk, minlength=n_groups).astype(np.float64)
+        present = sizes > 0
+        m, n_k = int(present.sum()), len(col)
+        if m < 2 or n_k <= m:
+            continue
+        means = np.bincount(gk, weights=col, minlength=n_groups) / np.maximum(sizes, 1.0)
+        between = float(np.sum(sizes * (means - col.mean()) ** 2)) / (m - 1)
+        within = float(np.sum((col - means[gk]) ** 2)) / (n_k - m)
+        if within <= 0.0:
+            p = 0.0 if between > 0.0 else 1.0
+        else:
+            p = float(f_dist.sf(between / within, m - 1, n_k - m))
+        best = min(best, p)
+    p_value = min(1.0, best * q.shape[1])
+    out.update(center=bool(p_value < alpha), p_value=p_value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ diagnostics

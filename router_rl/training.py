@@ -10,7 +10,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,12 @@ from router_rl.policies.base import Policy, greedy_probs, sample_actions
 from router_rl.policies.oracle import Oracle
 from router_rl.policies.random import RandomPolicy
 from router_rl.policies.zero_router import ZeroRouter
-from router_rl.representation import Representation, identical_embeddings, learn_affixes
+from router_rl.representation import (
+    Representation,
+    identical_embeddings,
+    learn_affixes,
+    templates_inform,
+)
 from router_rl.representation import from_config as representation_config
 from router_rl.reward import default_cost_scale, reward
 from router_rl.tracking import Tracker, flatten
@@ -104,14 +109,25 @@ def make_embedder(
     )
 
 
-def fit_representation(cfg: DictConfig, texts: list[str]) -> Representation:
+def fit_representation(
+    cfg: DictConfig, texts: list[str], quality: np.ndarray | None = None
+) -> Representation:
     """The ``embedder.representation`` config's window, with the affixes learned from ``texts`` (the training
-    prompts) when ``affixes.enabled`` (``mode: center``: and how many of them matched each)."""
+    prompts) when ``affixes.enabled`` (``mode: center``: and how many of them matched each). ``mode: auto``
+    centers when the matched templates tell the prompts' outcomes apart (``quality``: (N, K) for ``texts``;
+    :func:`~router_rl.representation.templates_inform`), and drops them otherwise or without outcomes; the
+    artifact records the mode chosen and the test."""
     rep, learn = representation_config(cfg.get("representation"))
+    auto, alpha = learn.pop("auto"), learn.pop("auto_alpha")
     if not learn.pop("enabled"):
         return rep
     prefixes, suffixes, record = learn_affixes(texts, **learn)
-    return rep.with_affixes(prefixes, suffixes, record).with_counts(texts)
+    rep = rep.with_affixes(prefixes, suffixes, record)
+    if auto and quality is not None and (rep.prefixes or rep.suffixes):
+        test = templates_inform(rep, texts, quality, alpha)
+        record = {**record, "auto": {"alpha": alpha, **test}}
+        rep = replace(rep, affix_mode="center" if test["center"] else "drop", learned=record)
+    return rep.with_counts(texts)
 
 
 def warn_identical(texts: list[str], embeddings: np.ndarray, embedder: Embedder, threshold: float) -> int:
@@ -372,7 +388,10 @@ def prepare(cfg: DictConfig) -> Setup:
     t0 = time.perf_counter()
     prompts = list(data.prompts)
     # affixes come from the prompts the exported policy trains on (unlabelled text: all of them under k-fold)
-    representation = fit_representation(cfg.embedder, [prompts[i] for i in final_rows])
+    # (mode auto: and whether their templates tell outcomes apart, on the same prompts' recorded outcomes)
+    representation = fit_representation(
+        cfg.embedder, [prompts[i] for i in final_rows], data.quality[final_rows]
+    )
     embedder = make_embedder(cfg.embedder, representation=representation, show_progress=interactive())
     print(
         f"[router-rl] embedding {data.n_prompts} prompts with {embedder.model_name} on {embedder.device} "

@@ -544,3 +544,49 @@ def test_training_counts_centered_affixes_and_serving_applies_them(tmp_path: Pat
     np.testing.assert_allclose(router.embed(texts), x, atol=1e-6)
     alone = Router(path, device="cpu")  # a first request alone (one template seen): the same vector
     np.testing.assert_allclose(alone.embed(texts[-1:]), x[-1:], atol=1e-6)
+
+
+def test_auto_centers_only_when_the_templates_tell_outcomes_apart() -> None:
+    """affixes.mode auto: a one-way ANOVA of each model's quality across the matched templates (Bonferroni
+    over models) decides; random templates are dropped, templates that name tasks with different outcomes are
+    centered, and the test is recorded in the artifact's ``learned`` block."""
+    from omegaconf import OmegaConf
+
+    from router_rl.representation import templates_inform
+    from router_rl.training import fit_representation
+
+    other = (
+        "Answer the arithmetic question below. Show each step, then give the number alone on its last line. "
+        * 3
+    )
+    rng = np.random.default_rng(0)
+    n = 120
+    texts = [
+        (SYSTEM * 6 if i % 2 else other) + f"question {i}: {QUESTIONS[i % len(QUESTIONS)]}" for i in range(n)
+    ]
+    task = np.array([i % 2 for i in range(n)])
+    noise = rng.random((n, 2))
+    informative = np.stack([0.3 + 0.4 * task, np.full(n, 0.6)], axis=1) + 0.2 * (noise - 0.5)
+    uninformative = noise  # the same for both templates
+    rep = Representation(prefixes=(SYSTEM * 6, other))
+    yes = templates_inform(rep, texts, informative)
+    no = templates_inform(rep, texts, uninformative)
+    assert yes["center"] and yes["p_value"] < 1e-6 and yes["groups"] == 2
+    assert not no["center"] and no["p_value"] > 0.01
+    assert not templates_inform(rep, texts, np.ones((n, 2)))["center"]  # nothing varies
+    with pytest.raises(ValueError, match=r"quality has shape \(3, 2\)"):
+        templates_inform(rep, texts, np.ones((3, 2)))
+
+    cfg = OmegaConf.create(
+        {"representation": {"window": "head", "affixes": {"enabled": True, "mode": "auto", "min_prompts": 5}}}
+    )
+    centered = fit_representation(cfg, texts, informative)
+    assert centered.affix_mode == "center" and centered.affix_counts
+    assert centered.learned["auto"]["center"] and centered.learned["auto"]["alpha"] == 0.01
+    assert Representation.from_manifest(centered.to_manifest()) == centered
+    dropped = fit_representation(cfg, texts, uninformative)
+    assert dropped.affix_mode == "drop" and not dropped.affix_counts and not dropped.learned["auto"]["center"]
+    assert fit_representation(cfg, texts).affix_mode == "drop"  # no outcomes: nothing to test
+    bad = OmegaConf.create({"representation": {"affixes": {"enabled": True, "mode": "mean"}}})
+    with pytest.raises(RepresentationError, match="affixes.mode 'mean' is unknown"):
+        fit_representation(bad, texts)
