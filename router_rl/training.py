@@ -397,6 +397,13 @@ def prepare(cfg: DictConfig) -> Setup:
         f"[router-rl] embedding {data.n_prompts} prompts with {embedder.model_name} on {embedder.device} "
         f"({representation.describe()})"
     )
+    auto = representation.learned.get("auto")
+    if auto:  # affixes.mode auto: say what was chosen and why
+        verdict = "differ: centered" if auto["center"] else "do not differ: dropped"
+        print(
+            f"[router-rl] templates: outcomes across the {auto['groups']} groups of matched templates {verdict} "
+            f"(ANOVA per model, Bonferroni p = {auto['p_value']:.2g}, level {auto['alpha']:g})"
+        )
     embeddings = embedder.encode(prompts)
     warn_identical(prompts, embeddings, embedder, float(cfg.embedder.get("identical_warning", 0.05)))
     cost_scale = (

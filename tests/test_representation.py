@@ -335,7 +335,9 @@ def _prepare(overrides: list[str]):
     return prepare(cfg)
 
 
-def test_train_warns_when_many_prompts_embed_identically(tmp_path: Path, cache_dir: Path) -> None:
+def test_train_warns_when_many_prompts_embed_identically(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     prompts = [SYSTEM * 6 + q for q in QUESTIONS] + ["a plain prompt", "another plain prompt"]
     data = _write_custom(tmp_path / "data", prompts)
     with pytest.warns(
@@ -348,6 +350,11 @@ def test_train_warns_when_many_prompts_embed_identically(tmp_path: Path, cache_d
         setup = _prepare(data)
     assert setup.embedder.representation.prefixes == (SYSTEM * 6,)
     assert identical_embeddings(prompts, setup.embeddings) == (0, 0)
+    # affixes.mode auto (the default) said what it chose: random outcomes, so the template is dropped
+    assert setup.embedder.representation.affix_mode == "drop"
+    assert "templates: outcomes across the 2 groups of matched templates do not differ: dropped" in (
+        capsys.readouterr().out
+    )
 
 
 def test_repeated_identical_prompts_do_not_trigger_the_warning(tmp_path: Path, cache_dir: Path) -> None:
